@@ -1,0 +1,1 @@
+//! Embedded etcd v3 API server (work in progress).
