@@ -1,0 +1,157 @@
+//! The command line, in Docker's words: `stack`, `service`, `apply`, `get`
+//! … plus the server roles `up` and `store`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::logging::LogFormat;
+use crate::output::OutputFormat;
+use crate::store_flags::StoreFlags;
+
+/// Shoal: Swarm's stack files and service verbs on a Kubernetes-style control plane.
+#[derive(Debug, Parser)]
+#[command(name = "shoal", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalFlags,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes.
+#[derive(Debug, Args)]
+pub struct GlobalFlags {
+    /// Log line format (filter with RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub store: StoreFlags,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run Shoal on this machine: the embedded store and the control plane, in the foreground.
+    Up(ServeArgs),
+    /// Run only the embedded etcd-API store.
+    Store(ServeArgs),
+    /// Deploy and manage stacks (compose files).
+    #[command(subcommand)]
+    Stack(StackCommand),
+    /// Inspect and remove services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Create or update objects from native manifests (multi-document YAML).
+    Apply {
+        /// Manifest file.
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+    },
+    /// List objects of a kind, or show one.
+    Get {
+        /// services, configs, secrets, nodes, tasks, events (singular works too).
+        kind: String,
+        /// Show only this object.
+        name: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Delete one object.
+    Delete {
+        /// services, configs, secrets, …
+        kind: String,
+        /// Object name.
+        name: String,
+    },
+    /// Print the JSON schema of a kind.
+    Schema {
+        /// Service, Task, Node, Config, Secret or Event.
+        kind: String,
+    },
+    /// The demo workload used in docs and tests.
+    #[command(subcommand)]
+    Demo(DemoCommand),
+    /// Benchmarks that print a comparison.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// Where a server keeps its data and listens.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory for the store's database file (default: /var/lib/shoal as root, else ~/.local/share/shoal).
+    #[arg(long, env = "SHOAL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address for the etcd v3 API (loopback by default; expose deliberately).
+    #[arg(long, default_value = "127.0.0.1:2379")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// Create or update a stack from a compose file.
+    Deploy {
+        /// Compose file.
+        #[arg(short = 'c', long = "compose-file")]
+        compose_file: PathBuf,
+        /// Stack name.
+        name: String,
+        /// Remove services of the stack that are no longer in the file.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// List stacks.
+    Ls {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// List the services of a stack.
+    Services {
+        /// Stack name.
+        name: String,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Remove a stack: its services, configs and secrets.
+    Rm {
+        /// Stack names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// List services.
+    Ls {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Show services in full.
+    Inspect {
+        /// Service names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Json)]
+        output: OutputFormat,
+    },
+    /// Remove services.
+    Rm {
+        /// Service names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The same workload against the embedded store and a real etcd.
+    Store(crate::commands::bench::StoreBenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// Serve the demo HTTP app (/ tells who answered, /health for probes).
+    Serve(crate::commands::demo::DemoArgs),
+}

@@ -1,0 +1,142 @@
+//! `shoal demo serve`: the "whoami" of Shoal's docs and tests.
+//!
+//! A small HTTP server whose misbehaviour is chosen by flags (or `DEMO_*`
+//! environment variables, so a service spec can set them): start slowly,
+//! turn unhealthy, crash, refuse to start, read a secret file. Rolling
+//! updates, health checks and rollbacks are shown and tested with it as a
+//! real process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::duration_arg::parse_duration_arg;
+
+/// Flags of `shoal demo serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "DEMO_LISTEN", default_value = "0.0.0.0:80")]
+    pub listen: SocketAddr,
+    /// Version to report; defaults to the tag of $SHOAL_IMAGE (`shoal/demo:1.2` → `1.2`).
+    #[arg(long, env = "DEMO_VERSION")]
+    pub version: Option<String>,
+    /// Wait this long before listening (a slow start).
+    #[arg(long, env = "DEMO_START_DELAY", value_parser = parse_duration_arg)]
+    pub start_delay: Option<Duration>,
+    /// Answer /health with 503 after this long.
+    #[arg(long, env = "DEMO_UNHEALTHY_AFTER", value_parser = parse_duration_arg)]
+    pub unhealthy_after: Option<Duration>,
+    /// Exit with status 1 after this long.
+    #[arg(long, env = "DEMO_CRASH_AFTER", value_parser = parse_duration_arg)]
+    pub crash_after: Option<Duration>,
+    /// Exit with status 1 at once (a release that cannot start).
+    #[arg(long, env = "DEMO_FAIL_START")]
+    pub fail_start: bool,
+    /// Read this file at start (e.g. /run/secrets/db-password); / reports its size, never its content.
+    #[arg(long, env = "DEMO_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+}
+
+struct Demo {
+    version: String,
+    started: Instant,
+    unhealthy_after: Option<Duration>,
+    secret_bytes: Option<usize>,
+    requests: AtomicU64,
+}
+
+/// Runs the demo server until SIGTERM/Ctrl-C (graceful: in-flight requests finish).
+pub async fn serve(args: DemoArgs) -> anyhow::Result<()> {
+    if args.fail_start {
+        bail!("refusing to start (--fail-start)");
+    }
+    let secret_bytes = match &args.secret_file {
+        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read secret file {}", path.display()))?.len()),
+        None => None,
+    };
+    if let Some(delay) = args.start_delay {
+        tracing::info!(?delay, "starting slowly");
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(after) = args.crash_after {
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            eprintln!("demo: crashing as asked (--crash-after {after:?})");
+            std::process::exit(1);
+        });
+    }
+    let demo = Arc::new(Demo {
+        version: args.version.clone().unwrap_or_else(version_from_image),
+        started: Instant::now(),
+        unhealthy_after: args.unhealthy_after,
+        secret_bytes,
+        requests: AtomicU64::new(0),
+    });
+    let app = Router::new().route("/", get(whoami)).route("/health", get(health)).with_state(demo.clone());
+    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, version = %demo.version, "demo serving");
+    axum::serve(listener, app).with_graceful_shutdown(crate::commands::serve::shutdown_signal()).await?;
+    Ok(())
+}
+
+/// The tag of `$SHOAL_IMAGE`, or "dev".
+fn version_from_image() -> String {
+    std::env::var("SHOAL_IMAGE")
+        .ok()
+        .and_then(|image| image.rsplit_once(':').map(|(_, tag)| tag.to_string()))
+        .filter(|tag| !tag.contains('/'))
+        .unwrap_or_else(|| "dev".into())
+}
+
+async fn whoami(State(demo): State<Arc<Demo>>) -> Json<Value> {
+    let n = demo.requests.fetch_add(1, Ordering::Relaxed) + 1;
+    let env = |k: &str| std::env::var(k).unwrap_or_default();
+    Json(json!({
+        "version": demo.version,
+        "task": env("SHOAL_TASK_ID"),
+        "service": env("SHOAL_SERVICE_NAME"),
+        "node": env("SHOAL_NODE_NAME"),
+        "hostname": hostname(),
+        "pid": std::process::id(),
+        "uptime_secs": demo.started.elapsed().as_secs(),
+        "requests": n,
+        "secret_bytes": demo.secret_bytes,
+    }))
+}
+
+async fn health(State(demo): State<Arc<Demo>>) -> (StatusCode, &'static str) {
+    match demo.unhealthy_after {
+        Some(after) if demo.started.elapsed() >= after => (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n"),
+        _ => (StatusCode::OK, "ok\n"),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_comes_from_the_image_tag() {
+        // Only reads the env var: set and check in one test to avoid races.
+        std::env::set_var("SHOAL_IMAGE", "registry:5000/shoal/demo:2.1");
+        assert_eq!(version_from_image(), "2.1");
+        std::env::set_var("SHOAL_IMAGE", "registry:5000/shoal/demo");
+        assert_eq!(version_from_image(), "dev");
+        std::env::remove_var("SHOAL_IMAGE");
+        assert_eq!(version_from_image(), "dev");
+    }
+}

@@ -1,0 +1,46 @@
+//! One module per subcommand; [`run`] dispatches.
+
+pub mod apply;
+pub mod bench;
+pub mod demo;
+pub mod get;
+pub mod serve;
+pub mod service;
+pub mod stack;
+
+use shoal_store::client::Store;
+
+use crate::args::{Cli, Command, ServiceCommand, StackCommand};
+use crate::store_flags::StoreFlags;
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let flags = &cli.global.store;
+    match cli.command {
+        Command::Up(args) => serve::up(args).await,
+        Command::Store(args) => serve::store(args).await,
+        Command::Stack(StackCommand::Deploy { compose_file, name, prune }) => {
+            stack::deploy(&connect(flags).await?, &compose_file, &name, prune).await
+        }
+        Command::Stack(StackCommand::Ls { output }) => stack::ls(&connect(flags).await?, output).await,
+        Command::Stack(StackCommand::Services { name, output }) => stack::services(&connect(flags).await?, &name, output).await,
+        Command::Stack(StackCommand::Rm { names }) => stack::rm(&connect(flags).await?, &names).await,
+        Command::Service(ServiceCommand::Ls { output }) => service::ls(&connect(flags).await?, output).await,
+        Command::Service(ServiceCommand::Inspect { names, output }) => service::inspect(&connect(flags).await?, &names, output).await,
+        Command::Service(ServiceCommand::Rm { names }) => service::rm(&connect(flags).await?, &names).await,
+        Command::Apply { file } => apply::apply(&connect(flags).await?, &file).await,
+        Command::Get { kind, name, output } => get::get(&connect(flags).await?, &kind, name.as_deref(), output).await,
+        Command::Delete { kind, name } => get::delete(&connect(flags).await?, &kind, &name).await,
+        Command::Schema { kind } => get::schema(&kind),
+        Command::Demo(crate::args::DemoCommand::Serve(args)) => demo::serve(args).await,
+        Command::Bench(crate::args::BenchCommand::Store(args)) => bench::store(args).await,
+    }
+}
+
+/// Connects to the store the flags point at.
+async fn connect(flags: &StoreFlags) -> anyhow::Result<Store> {
+    let config = flags.config();
+    Store::connect(&config)
+        .await
+        .map_err(|err| anyhow::anyhow!("{err} (is `shoal up` running? --etcd-endpoints chooses the store)"))
+}

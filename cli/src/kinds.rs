@@ -1,0 +1,63 @@
+//! Kind names as users type them (`service`, `services`, `Service`) and a
+//! macro to run generic code for the matching Rust type.
+
+use anyhow::bail;
+
+/// A kind Shoal stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Service,
+    Task,
+    Node,
+    Config,
+    Secret,
+    Event,
+}
+
+impl Kind {
+    /// Parses `service`, `services`, `Service`, `svc` …
+    pub fn parse(input: &str) -> anyhow::Result<Kind> {
+        let kind = match input.to_ascii_lowercase().as_str() {
+            "service" | "services" | "svc" => Kind::Service,
+            "task" | "tasks" => Kind::Task,
+            "node" | "nodes" => Kind::Node,
+            "config" | "configs" => Kind::Config,
+            "secret" | "secrets" => Kind::Secret,
+            "event" | "events" => Kind::Event,
+            _ => bail!("unknown kind {input:?}: expected one of services, tasks, nodes, configs, secrets, events"),
+        };
+        Ok(kind)
+    }
+
+    /// True for kinds only Shoal's own components write.
+    pub fn is_system_owned(self) -> bool {
+        matches!(self, Kind::Task | Kind::Node | Kind::Event)
+    }
+}
+
+/// Runs `$body` with `$R` bound to the Rust type of `$kind`.
+macro_rules! with_kind {
+    ($kind:expr, $R:ident => $body:expr) => {
+        match $kind {
+            $crate::kinds::Kind::Service => { type $R = shoal_crd::Service; $body }
+            $crate::kinds::Kind::Task => { type $R = shoal_crd::Task; $body }
+            $crate::kinds::Kind::Node => { type $R = shoal_crd::Node; $body }
+            $crate::kinds::Kind::Config => { type $R = shoal_crd::Config; $body }
+            $crate::kinds::Kind::Secret => { type $R = shoal_crd::Secret; $body }
+            $crate::kinds::Kind::Event => { type $R = shoal_crd::Event; $body }
+        }
+    };
+}
+pub(crate) use with_kind;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_parse_in_singular_plural_and_capitalized_forms() {
+        assert_eq!(Kind::parse("Service").unwrap(), Kind::Service);
+        assert_eq!(Kind::parse("configs").unwrap(), Kind::Config);
+        assert!(Kind::parse("pods").unwrap_err().to_string().contains("expected one of"));
+    }
+}

@@ -1,0 +1,275 @@
+//! The controller: reflector changes, extra triggers and a periodic resync
+//! feed a [`WorkQueue`]; a runner hands its keys to the reconciler, which
+//! reads the *current* cached object, and turns the answer into the next
+//! schedule.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::{join_all, BoxFuture};
+use futures::FutureExt;
+use shoal_crd::Resource;
+use shoal_store::client::reflector::Reader;
+use tokio::task::{Id, JoinSet};
+
+use super::queue::{Backoff, Outcome, WorkQueue};
+
+/// What a reconcile asks for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Action {
+    requeue_after: Option<Duration>,
+}
+
+impl Action {
+    /// Reconcile this object again after `after`, even if nothing changes
+    /// (for polling external state, or checking a deadline).
+    pub fn requeue(after: Duration) -> Self {
+        Self { requeue_after: Some(after) }
+    }
+
+    /// Nothing to do until the object (or a trigger of it) changes.
+    pub fn await_change() -> Self {
+        Self { requeue_after: None }
+    }
+
+    /// The requested delay, if any.
+    pub fn requeue_after(&self) -> Option<Duration> {
+        self.requeue_after
+    }
+}
+
+/// Starts a feeder: a future that queues keys until it is dropped.
+type Feeder = Box<dyn FnOnce(Arc<WorkQueue>) -> BoxFuture<'static, ()> + Send>;
+
+/// A reconcile loop over kind `R`, configured by chained calls and started
+/// by [`Controller::run`].
+pub struct Controller<R: Resource> {
+    name: String,
+    reader: Reader<R>,
+    feeders: Vec<Feeder>,
+    gates: Vec<BoxFuture<'static, ()>>,
+    resync: Option<Duration>,
+    concurrency: usize,
+    backoff: Backoff,
+}
+
+impl<R: Resource> Controller<R> {
+    /// A controller named `name` (as its log lines say) reconciling every
+    /// object in `reader`'s cache, one reconcile whenever one changes.
+    pub fn new(name: &str, reader: Reader<R>) -> Self {
+        let mut controller = Self {
+            name: name.to_string(),
+            reader: reader.clone(),
+            feeders: Vec::new(),
+            gates: Vec::new(),
+            resync: None,
+            concurrency: 4,
+            backoff: Backoff::default(),
+        };
+        controller.add_trigger(reader, |object: &R| vec![object.metadata().name.clone()]);
+        controller
+    }
+
+    /// Also reconciles the keys `mapper` names for every changed object of
+    /// another kind (e.g. a Task → its Service). A changed object is mapped
+    /// both as it was and as it is, so a key it left is reconciled too.
+    /// The first reconcile also waits for this reader to be ready.
+    pub fn watches<O: Resource>(mut self, reader: Reader<O>, mapper: impl Fn(&O) -> Vec<String> + Send + Sync + 'static) -> Self {
+        self.add_trigger(reader, mapper);
+        self
+    }
+
+    /// Also reconciles every cached object each `period` (catches anything
+    /// a missed change or an outside effect left undone).
+    pub fn resync_every(mut self, period: Duration) -> Self {
+        self.resync = Some(period);
+        self
+    }
+
+    /// At most `n` objects are reconciled at once (default 4).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// The per-object backoff after failures (default 100 ms doubling to 60 s).
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    fn add_trigger<O: Resource>(&mut self, reader: Reader<O>, mapper: impl Fn(&O) -> Vec<String> + Send + Sync + 'static) {
+        let mut gate = reader.clone();
+        self.gates.push(async move { gate.wait_until_ready().await }.boxed());
+        self.feeders.push(Box::new(move |queue| feed(reader, mapper, queue).boxed()));
+    }
+
+    /// Runs until `shutdown` resolves: waits for every reader's first list,
+    /// then reconciles. On shutdown no new reconcile starts and the ones in
+    /// flight are allowed to finish.
+    ///
+    /// `reconcile(key, current object or None if deleted, ctx)`; on `Err`,
+    /// `error_policy(key, err, ctx)` says when to retry — never sooner than
+    /// the key's backoff.
+    pub async fn run<C, E, Rec, Fut, Pol>(self, reconcile: Rec, error_policy: Pol, ctx: Arc<C>, shutdown: impl Future<Output = ()>)
+    where
+        C: Send + Sync + 'static,
+        E: std::fmt::Display + Send + 'static,
+        Rec: Fn(String, Option<Arc<R>>, Arc<C>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Action, E>> + Send + 'static,
+        Pol: Fn(&str, &E, &C) -> Action + Send + Sync + 'static,
+    {
+        let Controller { name, reader, feeders, gates, resync, concurrency, backoff } = self;
+        let name: Arc<str> = name.into();
+        let queue = Arc::new(WorkQueue::new(concurrency, backoff));
+        let reconcile = Arc::new(reconcile);
+        let error_policy = Arc::new(error_policy);
+        tokio::pin!(shutdown);
+
+        // Dropping this set (on return) stops every feeder.
+        let mut feeding = JoinSet::new();
+        for feeder in feeders {
+            feeding.spawn(feeder(queue.clone()));
+        }
+        if let Some(period) = resync {
+            feeding.spawn(resync_loop(reader.clone(), period, queue.clone()));
+        }
+
+        tokio::select! {
+            _ = join_all(gates) => {}
+            _ = &mut shutdown => return,
+        }
+        tracing::info!(controller = %name, "caches ready; reconciling");
+
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut keys: HashMap<Id, String> = HashMap::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(joined) = running.join_next_with_id() => settle(&name, &queue, &mut keys, joined),
+                key = queue.next() => {
+                    let object = reader.get(&key);
+                    let run = reconcile_one(
+                        name.clone(), key.clone(), object, ctx.clone(), queue.clone(),
+                        reconcile.clone(), error_policy.clone(),
+                    );
+                    keys.insert(running.spawn(run).id(), key);
+                }
+            }
+        }
+        tracing::info!(controller = %name, in_flight = running.len(), "shutting down");
+        while let Some(joined) = running.join_next_with_id().await {
+            settle(&name, &queue, &mut keys, joined);
+        }
+    }
+}
+
+/// One reconcile of `key`, ending with [`WorkQueue::finish`].
+async fn reconcile_one<R, C, E, Rec, Fut, Pol>(
+    controller: Arc<str>,
+    key: String,
+    object: Option<Arc<R>>,
+    ctx: Arc<C>,
+    queue: Arc<WorkQueue>,
+    reconcile: Arc<Rec>,
+    error_policy: Arc<Pol>,
+) where
+    E: std::fmt::Display,
+    Rec: Fn(String, Option<Arc<R>>, Arc<C>) -> Fut,
+    Fut: Future<Output = Result<Action, E>>,
+    Pol: Fn(&str, &E, &C) -> Action,
+{
+    let deleted = object.is_none();
+    match reconcile(key.clone(), object, ctx.clone()).await {
+        Ok(action) => {
+            let requeue = queue.finish(&key, Outcome::Done(action.requeue_after()));
+            tracing::debug!(controller = %controller, object = %key, deleted, requeue = ?requeue, "reconciled");
+        }
+        Err(err) => {
+            let action = error_policy(&key, &err, &ctx);
+            let retry = queue.finish(&key, Outcome::Failed(action.requeue_after()));
+            tracing::warn!(controller = %controller, object = %key, error = %err, retry_in = ?retry, "reconcile failed");
+        }
+    }
+}
+
+/// Handles a finished reconcile task; a panicked one is finished here as
+/// a failure so its key is not stuck "being reconciled" forever.
+fn settle(controller: &str, queue: &WorkQueue, keys: &mut HashMap<Id, String>, joined: Result<(Id, ()), tokio::task::JoinError>) {
+    let id = match &joined {
+        Ok((id, ())) => *id,
+        Err(err) => err.id(),
+    };
+    let Some(key) = keys.remove(&id) else { return };
+    if let Err(err) = joined {
+        let retry = queue.finish(&key, Outcome::Failed(Some(Duration::ZERO)));
+        tracing::error!(controller, object = %key, error = %err, retry_in = ?retry, "reconcile panicked");
+    }
+}
+
+/// Queues `mapper`'s keys for every object that appeared, changed (by
+/// resourceVersion) or vanished since the last look. Level-triggered: the
+/// cache is diffed, so coalesced notifications lose nothing.
+async fn feed<O: Resource>(mut reader: Reader<O>, mapper: impl Fn(&O) -> Vec<String>, queue: Arc<WorkQueue>) {
+    reader.wait_until_ready().await;
+    let mut seen: HashMap<String, Arc<O>> = HashMap::new();
+    loop {
+        let found = diff(&mut seen, reader.list(), |object| enqueue_all(&queue, mapper(object)));
+        if !found {
+            // `changed()` returns at once forever when the reflector is
+            // gone; pausing after a wake-up that found nothing keeps that
+            // from spinning and costs a real change nothing.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reader.changed().await;
+    }
+}
+
+/// Replaces `seen` with `current`, calling `touched` with each object that
+/// is new, and with both versions of each changed or deleted one. True when
+/// anything differed.
+fn diff<O: Resource>(seen: &mut HashMap<String, Arc<O>>, current: Vec<Arc<O>>, mut touched: impl FnMut(&O)) -> bool {
+    let mut found = false;
+    let mut next = HashMap::with_capacity(current.len());
+    for object in current {
+        let name = object.metadata().name.clone();
+        match seen.remove(&name) {
+            Some(old) if old.metadata().resource_version == object.metadata().resource_version => {}
+            old => {
+                if let Some(old) = old {
+                    touched(&old);
+                }
+                touched(&object);
+                found = true;
+            }
+        }
+        next.insert(name, object);
+    }
+    // What is left in `seen` was deleted.
+    for old in seen.values() {
+        touched(old);
+        found = true;
+    }
+    *seen = next;
+    found
+}
+
+fn enqueue_all(queue: &WorkQueue, keys: Vec<String>) {
+    for key in keys {
+        queue.enqueue(&key);
+    }
+}
+
+/// Queues every cached object each `period`.
+async fn resync_loop<R: Resource>(reader: Reader<R>, period: Duration, queue: Arc<WorkQueue>) {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        ticks.tick().await;
+        for object in reader.list() {
+            queue.enqueue(&object.metadata().name);
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The Config and Secret kinds: named data mounted into tasks. Both are
+//! written by the user. A Secret has no data field yet: Shoal stores secret
+//! values only encrypted at rest, which arrives later; until then a Secret
+//! object only names something created out of band. Labels of both live in
+//! `metadata.labels`, as for every kind.
+
+use std::borrow::Cow;
+
+use base64::Engine;
+use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::kind;
+
+kind!(
+    /// Non-secret data mounted as a file into tasks.
+    Config, ConfigSpec, "configs", status: ()
+);
+
+kind!(
+    /// A reference to secret data (values arrive with encryption at rest).
+    Secret, SecretSpec, "secrets", status: ()
+);
+
+/// Written by the user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigSpec {
+    /// The content, base64 in JSON (1 byte to 500 KiB).
+    pub data: Base64Data,
+    /// Template engine applied when mounting (e.g. `golang`); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_driver: Option<String>,
+}
+
+/// Largest config, as in Docker.
+pub const MAX_CONFIG_BYTES: usize = 500 * 1024;
+
+/// Written by the user. Empty for now, on purpose: see the module docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretSpec {}
+
+/// Bytes that (de)serialize as a standard base64 string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Base64Data(pub Vec<u8>);
+
+impl Serialize for Base64Data {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Base64Data {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map(Base64Data)
+            .map_err(|e| serde::de::Error::custom(format!("data is not valid base64: {e}")))
+    }
+}
+
+impl JsonSchema for Base64Data {
+    fn schema_name() -> Cow<'static, str> {
+        "Base64Data".into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({ "type": "string", "contentEncoding": "base64" })
+    }
+}

@@ -1,0 +1,83 @@
+//! The Node kind: a machine running `shoal agent`. The spec is the
+//! operator's (availability, role, labels: `shoal node update`); the status
+//! is the agent's own report (written on registration and heartbeat) and
+//! the health controller's verdict (`state`).
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::kind;
+
+kind!(
+    /// A node of the cluster.
+    Node, NodeSpec, "nodes", status: NodeStatus
+);
+
+/// Written by the operator.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodeSpec {
+    pub availability: Availability,
+    pub role: NodeRole,
+    /// Node labels, matched by `node.labels.*` constraints.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Whether the scheduler may place tasks on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Availability {
+    /// Takes new tasks.
+    #[default]
+    Active,
+    /// Keeps its tasks, takes no new ones.
+    Pause,
+    /// Its tasks are moved elsewhere.
+    Drain,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeRole {
+    #[default]
+    Worker,
+    Manager,
+}
+
+/// Written by the agent (facts) and the health controller (`state`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodeStatus {
+    pub hostname: String,
+    pub platform: Platform,
+    /// Logical CPUs.
+    pub cpus: u32,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// Address other nodes reach this one at.
+    pub addr: String,
+    pub state: NodeState,
+    /// `shoal agent` version.
+    pub agent_version: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Platform {
+    /// `linux`.
+    pub os: String,
+    /// `x86_64`, `aarch64`.
+    pub architecture: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeState {
+    #[default]
+    Unknown,
+    Ready,
+    Down,
+}

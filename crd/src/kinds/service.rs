@@ -1,0 +1,308 @@
+//! The Service kind: everything a compose v3 service can say about running
+//! on a swarm. Defaults are not written here but in [`crate::defaults`].
+//!
+//! Who writes what: the whole spec is written by the user (through
+//! `shoal stack deploy`, `shoal apply` or `shoal service …`); the status by
+//! the service and update controllers.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::kind;
+use crate::duration::Duration;
+
+kind!(
+    /// A long-running service: N replicas (or one per node) of one image.
+    Service, ServiceSpec, "services", status: ServiceStatus
+);
+
+/// Desired state of a service. Written by the user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Image reference, e.g. `nginx:1.27`.
+    pub image: String,
+    /// `replicated` (a fixed number of tasks) or `global` (one task per eligible node).
+    #[serde(default)]
+    pub mode: ServiceMode,
+    /// Number of tasks in replicated mode (1 by default); absent in global mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
+    /// Arguments replacing the image's CMD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Arguments replacing the image's ENTRYPOINT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// Environment variables (ordered by name).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory inside the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// User (and group) the process runs as, `uid[:gid]` or a name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Hostname of the containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Labels on each container (service labels live in `metadata.labels`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_labels: BTreeMap<String, String>,
+    /// Ports the service exposes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
+    /// How an update rolls out.
+    #[serde(default)]
+    pub update_config: UpdateConfig,
+    /// How a rollback rolls out.
+    #[serde(default)]
+    pub rollback_config: UpdateConfig,
+    /// When a stopped task is restarted.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// Where tasks may run.
+    #[serde(default)]
+    pub placement: Placement,
+    /// CPU, memory and pids limits and reservations.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Health probe; absent means the image's own HEALTHCHECK applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<HealthCheck>,
+    /// Configs mounted as files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<FileReference>,
+    /// Secrets mounted as files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<FileReference>,
+    /// Time between the stop signal and SIGKILL.
+    #[serde(default = "crate::defaults::stop_grace_period")]
+    pub stop_grace_period: Duration,
+    /// Signal sent to stop a task.
+    #[serde(default = "crate::defaults::stop_signal")]
+    pub stop_signal: String,
+    /// `vip` (one virtual IP load-balanced over the tasks) or `dnsrr` (DNS round robin).
+    #[serde(default)]
+    pub endpoint_mode: EndpointMode,
+}
+
+/// Replicated or global.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceMode {
+    #[default]
+    Replicated,
+    Global,
+}
+
+/// How clients reach the tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum EndpointMode {
+    #[default]
+    Vip,
+    Dnsrr,
+}
+
+/// One exposed port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortConfig {
+    /// Port inside the container.
+    pub target: u16,
+    /// Port published on the nodes; absent means none is published (or one is allocated).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<u16>,
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    /// `ingress`: published on every node through the routing mesh; `host`: only where a task runs.
+    #[serde(default)]
+    pub mode: PublishMode,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortProtocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum PublishMode {
+    #[default]
+    Ingress,
+    Host,
+}
+
+/// Rolling update (or rollback) parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct UpdateConfig {
+    /// Tasks updated at once (0 = all at once).
+    pub parallelism: u64,
+    /// Wait between batches.
+    pub delay: Duration,
+    /// What to do when an update fails.
+    pub failure_action: FailureAction,
+    /// How long to watch each updated task for failure.
+    pub monitor: Duration,
+    /// Fraction of tasks that may fail before the update counts as failed (0..=1).
+    pub max_failure_ratio: f64,
+    /// Stop the old task first, or start the new one first.
+    pub order: UpdateOrder,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Continue,
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    #[default]
+    StopFirst,
+    StartFirst,
+}
+
+/// When and how often tasks are restarted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    /// Wait between restart attempts.
+    pub delay: Duration,
+    /// Attempts before giving up (0 = unlimited).
+    pub max_attempts: u64,
+    /// Window used to evaluate `maxAttempts` (0s = unbounded).
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    None,
+    OnFailure,
+    #[default]
+    Any,
+}
+
+/// Scheduling constraints and preferences.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Placement {
+    /// Expressions such as `node.role==manager`, `node.labels.zone!=east`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// Spread preferences, applied in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<PlacementPreference>,
+    /// At most this many tasks of the service on one node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<u64>,
+}
+
+/// Spread tasks evenly over the values of a node label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlacementPreference {
+    /// e.g. `node.labels.zone`.
+    pub spread: String,
+}
+
+/// Limits and reservations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Resources {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservations: Option<ResourceReservations>,
+}
+
+/// Upper bounds for one task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ResourceLimits {
+    /// CPUs (fractions allowed, `0.5`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Maximum number of processes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+}
+
+/// What the scheduler sets aside on a node for one task.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ResourceReservations {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+}
+
+/// A health probe. `test` is normalized: `["NONE"]` disables the image's
+/// probe, `["CMD", args…]` runs a command, `["CMD-SHELL", "script"]` a shell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct HealthCheck {
+    pub test: Vec<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures before the task is unhealthy.
+    pub retries: u64,
+    /// Grace period during which failures do not count.
+    pub start_period: Duration,
+    /// Probe interval during the start period.
+    pub start_interval: Duration,
+}
+
+/// A config or secret mounted into the containers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FileReference {
+    /// Name of the Config or Secret object.
+    pub source: String,
+    /// Path in the container (configs: `/<source>`; secrets: `/run/secrets/<source>` by default).
+    #[serde(default)]
+    pub target: String,
+    #[serde(default = "crate::defaults::file_owner")]
+    pub uid: String,
+    #[serde(default = "crate::defaults::file_owner")]
+    pub gid: String,
+    /// File mode (0o444 by default).
+    #[serde(default = "crate::defaults::file_mode")]
+    pub mode: u32,
+}
+
+/// Observed state of a service. Written by the service and update controllers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServiceStatus {
+    /// Generation of the spec the controllers have acted on.
+    pub observed_generation: i64,
+    /// Tasks currently running.
+    pub running_replicas: u64,
+    /// Tasks wanted.
+    pub desired_replicas: u64,
+    /// State of the current rolling update, if any (`updating`, `paused`, `completed`, `rollback_started`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_state: Option<String>,
+    /// Why the update is in that state.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub update_message: Option<String>,
+}

@@ -1,1 +1,0 @@
-//! Embedded etcd v3 API server (work in progress).

@@ -1,0 +1,220 @@
+//! Shared harness for integration tests: a real store process on a free
+//! loopback port with a throw-away data dir — either `shoal store` or
+//! Debian's etcd — plus a helper to run `etcdctl` against it.
+//!
+//! Dropping a [`StoreUnderTest`] kills its process (SIGKILL) and removes its
+//! data dir, also when the test panicked.
+#![allow(dead_code)] // every test crate includes this module and uses a part
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a store may take to start answering.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Embedded,
+    Etcd,
+}
+
+pub struct StoreUnderTest {
+    backend: Backend,
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+    peer_port: u16,
+    env: Vec<(String, String)>,
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding a loopback port").port()
+}
+
+/// Path of the etcd binary, or the panic every etcd-backed test should show.
+fn etcd_binary() -> PathBuf {
+    let candidates = [PathBuf::from("/usr/bin/etcd"), PathBuf::from("/usr/local/bin/etcd")];
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).map(|d| d.join("etcd")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    candidates
+        .into_iter()
+        .chain(on_path)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("etcd not found: install Debian's etcd-server (apt-get install etcd-server etcd-client)"))
+}
+
+impl StoreUnderTest {
+    /// `shoal store` on a free port with a fresh data dir, answering.
+    pub fn embedded() -> Self {
+        Self::embedded_with_env(&[])
+    }
+
+    /// Like [`embedded`](Self::embedded), with extra environment variables
+    /// for the store process (e.g. `SHOAL_STORE_PROGRESS_NOTIFY_INTERVAL`).
+    pub fn embedded_with_env(env: &[(&str, &str)]) -> Self {
+        Self::start(Backend::Embedded, env)
+    }
+
+    /// A real single-member etcd on free client and peer ports, answering.
+    pub fn etcd() -> Self {
+        Self::start(Backend::Etcd, &[])
+    }
+
+    /// The backend by kind, for suites that loop over both.
+    pub fn of(backend: Backend) -> Self {
+        Self::start(backend, &[])
+    }
+
+    fn start(backend: Backend, env: &[(&str, &str)]) -> Self {
+        let mut store = StoreUnderTest {
+            backend,
+            child: None,
+            dir: tempfile::Builder::new().prefix("shoal-store-test-").tempdir().expect("creating a temp dir"),
+            port: free_port(),
+            peer_port: free_port(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
+        store.spawn();
+        store
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("store.log")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("opening the store log");
+        let client = self.endpoint();
+        let mut cmd = match self.backend {
+            Backend::Embedded => {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+                cmd.arg("store").arg("--data-dir").arg(self.data_dir());
+                cmd.arg("--listen").arg(format!("127.0.0.1:{}", self.port));
+                cmd
+            }
+            Backend::Etcd => {
+                let peer = format!("http://127.0.0.1:{}", self.peer_port);
+                let mut cmd = Command::new(etcd_binary());
+                cmd.arg("--name").arg("test").arg("--data-dir").arg(self.data_dir());
+                cmd.arg("--listen-client-urls").arg(&client).arg("--advertise-client-urls").arg(&client);
+                cmd.arg("--listen-peer-urls").arg(&peer).arg("--initial-advertise-peer-urls").arg(&peer);
+                cmd.arg("--initial-cluster").arg(format!("test={peer}"));
+                cmd.args(["--logger", "zap", "--log-level", "warn"]);
+                cmd
+            }
+        };
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone().expect("cloning the log handle"))
+            .stderr(log);
+        self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("starting {:?}: {e}", self.backend)));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("{:?} store exited with {status} before answering:\n{}", self.backend, self.log());
+            }
+            let listening = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            // etcd accepts connections a moment before it serves; ask it.
+            if listening && (self.backend == Backend::Embedded || self.etcdctl(&["get", "ready-probe"]).status.success()) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{:?} store did not answer on {} within {READY_TIMEOUT:?}:\n{}", self.backend, self.endpoint(), self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What the store process printed so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL: no shutdown, no flush — what a crash looks like.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the store again on the same data dir and port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Runs `etcdctl` (API v3) against this store.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        etcdctl(&self.endpoint(), args)
+    }
+}
+
+impl Drop for StoreUnderTest {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `etcdctl --endpoints ENDPOINT ARGS…` with `ETCDCTL_API=3`.
+pub fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg("--endpoints")
+        .arg(endpoint)
+        .arg("--dial-timeout=2s")
+        .arg("--command-timeout=5s")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running etcdctl: install Debian's etcd-client")
+}
+
+/// Stdout of a successful etcdctl run; panics with its stderr otherwise.
+pub fn etcdctl_ok(endpoint: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoint, args);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits for `cond` to hold, checking every 50 ms, for at most `timeout`.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cond()
+}
