@@ -1,3 +1,43 @@
-//! Shoal's node agent: runtimes, probes, secrets/configs, data plane, DNS.
+//! Shoal's node agent: registers its node, heartbeats, and runs the tasks
+//! assigned to it through Swarm's states.
 //!
-//! Empty on purpose for now: the agent arrives with the orchestration work.
+//! - [`agent`]: the main loop (register, heartbeat, watch Tasks, one worker per task).
+//! - [`config`]: the agent's settings.
+//! - [`node`]: the Node object and the facts the agent reports.
+//! - [`heartbeat`]: liveness through a lease-attached key.
+//! - [`worker`]: one task's driver, step by step, with re-adoption.
+//! - [`state`]: the task state machine as pure functions.
+//! - [`observation`]: the TaskObservation the agent writes (never the Task).
+//! - [`image`]: image → command, the local image catalog.
+//! - [`launch`]: env, working dir and user of a task's process.
+//! - [`runtime`]: the runtime trait and the process runtime.
+//! - [`shim`]: the per-task supervisor that outlives the agent.
+//! - [`taskdir`]: the per-task files the shim and the agent share.
+//! - [`logs`]: rotating log files.
+//! - [`sys`]: signals and `/proc`.
+//!
+//! Key ownership: the agent writes `{prefix}/nodes/<name>` (creation and
+//! status facts only), `{prefix}/heartbeats/<name>` (lease-attached) and
+//! `{prefix}/taskobservations/<task id>`; it only reads `{prefix}/tasks/`.
+//!
+//! Not yet: per-task network namespaces (tasks share the host network and
+//! say so, `network: host`), health probes, configs/secrets, data plane, DNS.
+
+pub mod agent;
+pub mod config;
+pub mod heartbeat;
+pub mod image;
+pub mod launch;
+pub mod logs;
+pub mod node;
+pub mod observation;
+pub mod runtime;
+pub mod shim;
+pub mod state;
+pub mod sys;
+pub mod taskdir;
+pub mod worker;
+
+pub use agent::{run, AgentError};
+pub use config::AgentConfig;
+pub use image::ImageCatalog;

@@ -36,6 +36,10 @@ pub enum Command {
     Up(ServeArgs),
     /// Run only the embedded etcd-API store.
     Store(ServeArgs),
+    /// Run the node agent: register this node, heartbeat, run its tasks.
+    Agent(crate::commands::agent::AgentArgs),
+    /// Run the controller manager: every reconcile loop, leader-elected.
+    Controller(crate::commands::controller::ControllerArgs),
     /// Deploy and manage stacks (compose files).
     #[command(subcommand)]
     Stack(StackCommand),

@@ -1,12 +1,33 @@
 //! Shoal's controller manager: the reconcile loops.
 //!
-//! What exists: [`runtime`], the controller runtime every loop is built on
-//! (work queue, controller runner, decision log), after kube-runtime. Leader
-//! election and write fencing live in the store client
-//! (`shoal_store::client::election`).
+//! - [`runtime`]: the controller runtime every loop is built on (work
+//!   queue, controller runner, decision log), after kube-runtime.
+//! - [`service`]: replicated and global services, scaling, restart policy,
+//!   moving tasks off down or drained nodes, task history.
+//! - [`scheduler`]: assigns nodes to tasks (filters, then spread).
+//! - [`nodes`]: node readiness from agent heartbeats.
+//! - [`manager`]: leader election around all loops ([`manager::run_all`]).
+//! - Shared by the loops: [`caches`] (one reflector per kind), [`tasks`]
+//!   (effective task state, node conditions), [`writes`] (batched
+//!   compare-and-swap writes), [`expectations`] (read-your-writes).
 //!
-//! What comes next, one module per loop in the same shape: service
-//! (replicas, global mode, restart policy), scheduler, update (rolling
-//! update and rollback), health, secret rotation and endpoints.
+//! Who writes what: Task objects (spec, `desiredState`, controller status)
+//! only here — the service loop creates, stops and deletes them, the
+//! scheduler sets `nodeId` and the `pending`/`assigned` status; the
+//! Service's status; a Node's `status.state`. Never TaskObservations or
+//! heartbeats (agents), nor any spec a user writes.
+//!
+//! Next, in the same shape: update (rolling update and rollback), health,
+//! secret rotation and endpoints.
 
+pub mod caches;
+pub mod expectations;
+pub mod manager;
+pub mod nodes;
 pub mod runtime;
+pub mod scheduler;
+pub mod service;
+pub mod tasks;
+pub mod writes;
+
+pub use manager::{run_all, run_with, Settings};

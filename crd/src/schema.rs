@@ -1,10 +1,10 @@
 //! JSON schemas of every kind, for `shoal schema KIND` and editors.
 
-use crate::kinds::{Config, Event, Node, Secret, Service, Task};
+use crate::kinds::{Config, Event, Node, Secret, Service, Task, TaskObservation};
 use crate::Resource;
 
 /// Every kind name, as written in manifests.
-pub const KINDS: &[&str] = &["Service", "Task", "Node", "Config", "Secret", "Event"];
+pub const KINDS: &[&str] = &["Service", "Task", "Node", "Config", "Secret", "Event", "TaskObservation"];
 
 /// Resolves `Service`, `service` or `services` (any case) to the kind name.
 pub fn canonical_kind(name: &str) -> Option<&'static str> {
@@ -16,6 +16,7 @@ pub fn canonical_kind(name: &str) -> Option<&'static str> {
         Config::PLURAL,
         Secret::PLURAL,
         Event::PLURAL,
+        TaskObservation::PLURAL,
     ];
     KINDS
         .iter()
@@ -32,6 +33,7 @@ pub fn schema_for(kind: &str) -> Option<serde_json::Value> {
         "Node" => schemars::schema_for!(Node),
         "Config" => schemars::schema_for!(Config),
         "Secret" => schemars::schema_for!(Secret),
+        "TaskObservation" => schemars::schema_for!(TaskObservation),
         _ => schemars::schema_for!(Event),
     };
     Some(schema.to_value())

@@ -23,6 +23,8 @@ use crate::duration_arg::parse_duration_arg;
 
 /// Flags of `shoal demo serve`.
 #[derive(Debug, Clone, clap::Args)]
+// `--version` is the demo's own (the version it reports), not shoal's.
+#[command(disable_version_flag = true)]
 pub struct DemoArgs {
     /// Address to serve HTTP on.
     #[arg(long, env = "DEMO_LISTEN", default_value = "0.0.0.0:80")]

@@ -1,6 +1,8 @@
 //! One module per subcommand; [`run`] dispatches.
 
+pub mod agent;
 pub mod apply;
+pub mod controller;
 pub mod bench;
 pub mod demo;
 pub mod get;
@@ -19,6 +21,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => serve::up(args).await,
         Command::Store(args) => serve::store(args).await,
+        Command::Agent(args) => agent::main(flags, args).await,
+        Command::Controller(args) => controller::run(connect(flags).await?, args).await,
         Command::Stack(StackCommand::Deploy { compose_file, name, prune }) => {
             stack::deploy(&connect(flags).await?, &compose_file, &name, prune).await
         }

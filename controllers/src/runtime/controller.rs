@@ -81,6 +81,27 @@ impl<R: Resource> Controller<R> {
         self
     }
 
+    /// Also reconciles every key `keys` yields — for sources that are not a
+    /// kind, such as node heartbeat keys. The first reconcile also waits
+    /// for `ready` (e.g. the source's first complete list).
+    pub fn triggers(
+        mut self,
+        ready: impl Future<Output = ()> + Send + 'static,
+        keys: impl futures::Stream<Item = String> + Send + 'static,
+    ) -> Self {
+        self.gates.push(ready.boxed());
+        self.feeders.push(Box::new(move |queue| {
+            async move {
+                let mut keys = std::pin::pin!(keys);
+                while let Some(key) = futures::StreamExt::next(&mut keys).await {
+                    queue.enqueue(&key);
+                }
+            }
+            .boxed()
+        }));
+        self
+    }
+
     /// Also reconciles every cached object each `period` (catches anything
     /// a missed change or an outside effect left undone).
     pub fn resync_every(mut self, period: Duration) -> Self {

@@ -5,12 +5,14 @@
 mod config;
 mod event;
 mod node;
+mod observation;
 mod service;
 mod task;
 
 pub use config::{Base64Data, Config, ConfigSpec, Secret, SecretSpec, MAX_CONFIG_BYTES};
 pub use event::{Event, EventSpec, ObjectReference};
-pub use node::{Availability, Node, NodeRole, NodeSpec, NodeState, NodeStatus, Platform};
+pub use node::{heartbeat_key, Availability, Node, NodeRole, NodeSpec, NodeState, NodeStatus, Platform, HEARTBEATS};
+pub use observation::{TaskNetwork, TaskObservation, TaskObservationSpec};
 pub use service::*;
 pub use task::{Task, TaskSpec, TaskState, TaskStatus};
 
@@ -100,6 +102,8 @@ mod tests {
             spec: ServiceSpec::from_image("nginx"),
         };
         round_trip(Task::new("x", task));
+        let observation = TaskObservationSpec { node_id: "n1".into(), pid: Some(42), ..Default::default() };
+        round_trip(TaskObservation::new("x", observation));
         let event = EventSpec {
             controller: "service".into(),
             object: ObjectReference {
@@ -123,9 +127,10 @@ mod tests {
                 Node::PLURAL,
                 Config::PLURAL,
                 Secret::PLURAL,
-                Event::PLURAL
+                Event::PLURAL,
+                TaskObservation::PLURAL
             ],
-            ["services", "tasks", "nodes", "configs", "secrets", "events"]
+            ["services", "tasks", "nodes", "configs", "secrets", "events", "taskobservations"]
         );
     }
 

@@ -2,6 +2,16 @@
 //! operator's (availability, role, labels: `shoal node update`); the status
 //! is the agent's own report (written on registration and heartbeat) and
 //! the health controller's verdict (`state`).
+//!
+//! Keys and writers:
+//! - `{prefix}/nodes/<name>`: created by the node's agent on first
+//!   registration (default spec, `--labels`); afterwards the spec is the
+//!   operator's. The agent rewrites only the status facts (hostname,
+//!   platform, cpus, memory, addr, agentVersion) with compare-and-swap,
+//!   keeping `state`, which only the health controller writes.
+//! - `{prefix}/heartbeats/<name>` ([`heartbeat_key`]): written only by the
+//!   node's agent, attached to its lease (TTL 3 s by default). Its
+//!   disappearance is how the health controller learns the agent is gone.
 
 use std::collections::BTreeMap;
 
@@ -16,6 +26,14 @@ kind!(
 );
 
 /// Written by the operator.
+/// Key segment of node heartbeats: `{prefix}/heartbeats/<node>`.
+pub const HEARTBEATS: &str = "heartbeats";
+
+/// The heartbeat key of node `name` under `prefix` (`/shoal`).
+pub fn heartbeat_key(prefix: &str, name: &str) -> String {
+    format!("{}/{HEARTBEATS}/{name}", prefix.trim_end_matches('/'))
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct NodeSpec {

@@ -1,6 +1,8 @@
 //! The Task kind: one slot of a service on one node. SwarmKit's split of
 //! ownership: the spec (and `desiredState`) is written only by controllers,
-//! the status only by the agent running the task.
+//! the status only by the agent running the task. The agent writes what it
+//! observes to a separate key, the task's [`super::TaskObservation`]
+//! (`{prefix}/taskobservations/<task name>`), never to the Task's own key.
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -67,6 +69,18 @@ pub enum TaskState {
     Remove,
 }
 
+impl Task {
+    /// The name users see, Docker's way: `<service>.<slot>` in replicated
+    /// mode, `<service>.<node>` in global mode (`web_web.3`).
+    pub fn display_name(&self) -> String {
+        match (self.spec.slot, &self.spec.node_id) {
+            (Some(slot), _) => format!("{}.{slot}", self.spec.service_name),
+            (None, Some(node)) => format!("{}.{node}", self.spec.service_name),
+            (None, None) => format!("{}.{}", self.spec.service_name, self.metadata.name),
+        }
+    }
+}
+
 impl TaskState {
     /// States after which a task never runs again.
     pub fn is_terminal(self) -> bool {
@@ -74,7 +88,12 @@ impl TaskState {
     }
 }
 
-/// Written by the agent that runs the task.
+/// A task's lifecycle state. Two writers, two keys: on the Task itself it is
+/// written only by controllers (the service controller: `new` or `assigned`
+/// at creation; the scheduler: `pending` with a reason such as `no suitable
+/// node (…)`, or `assigned`); on the task's [`super::TaskObservation`] only
+/// by the agent running it (everything from `accepted` on). The agent's
+/// report wins once there is one.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct TaskStatus {

@@ -66,6 +66,9 @@ async fn keep_alive(etcd: Etcd, id: i64, ttl: i64) {
     let period = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
     loop {
         let (tx, rx) = mpsc::channel(1);
+        // Queue the first request before awaiting the call: etcd (grpc-go)
+        // sends response headers only with its first response message.
+        let _ = tx.send(LeaseKeepAliveRequest { id }).await;
         let mut responses = match etcd.lease().lease_keep_alive(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(status) => {
@@ -75,9 +78,6 @@ async fn keep_alive(etcd: Etcd, id: i64, ttl: i64) {
             }
         };
         loop {
-            if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
-                break;
-            }
             match tokio::time::timeout(period, responses.next()).await {
                 Ok(Some(Ok(response))) if response.ttl <= 0 => {
                     tracing::warn!(lease = id, "lease expired on the server");
@@ -85,6 +85,9 @@ async fn keep_alive(etcd: Etcd, id: i64, ttl: i64) {
                 }
                 Ok(Some(Ok(_))) => tokio::time::sleep(period).await,
                 _ => break,
+            }
+            if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                break;
             }
         }
     }

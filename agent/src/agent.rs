@@ -1,0 +1,143 @@
+//! The agent's main loop: register the node, heartbeat, watch Tasks, and
+//! keep one [`worker`](crate::worker) per task assigned to this node.
+//!
+//! Tasks are matched by `spec.nodeId` equal to the node's name (or its
+//! uid). The Task cache holds every task of the cluster: etcd cannot filter
+//! a watch by value, so the filter is applied here.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_crd::{heartbeat_key, Task};
+use shoal_store::client::reflector::reflector;
+use shoal_store::client::{Store, StoreError};
+use tokio::task::JoinHandle;
+
+use crate::config::AgentConfig;
+use crate::heartbeat::{heartbeat_value, Heartbeat, HeartbeatConfig};
+use crate::launch::LaunchDefaults;
+use crate::node::{register, NodeFacts};
+use crate::runtime::{ProcessRuntime, Runtime};
+use crate::worker::{self, Context, TaskSlot};
+
+/// How often finished workers are reaped even when no Task changes.
+const RESYNC: Duration = Duration::from_secs(1);
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot create the agent's data dir {path}: {source}")]
+    DataDir { path: String, #[source] source: std::io::Error },
+    #[error("cannot register node {name}: {source}")]
+    Register { name: String, #[source] source: StoreError },
+}
+
+/// Runs the agent until `shutdown` resolves. Tasks keep running after it
+/// returns; the heartbeat is revoked so the node shows down at once.
+pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    let facts = NodeFacts::gather(&config.advertise_addr);
+    let node = register(&store, &config.name, &facts, &config.labels)
+        .await
+        .map_err(|source| AgentError::Register { name: config.name.clone(), source })?;
+    tracing::info!(node = %config.name, addr = %config.advertise_addr, data_dir = %config.data_dir.display(), "node registered");
+    let mut heartbeat = Heartbeat::start(
+        store.clone(),
+        HeartbeatConfig {
+            key: heartbeat_key(store.prefix(), &config.name),
+            ttl: config.heartbeat_ttl,
+            lease_file: config.data_dir.join("lease"),
+            value: heartbeat_value(&config.name, &config.advertise_addr),
+        },
+    );
+    heartbeat.wait_established().await;
+
+    let ctx = Arc::new(Context {
+        store: store.clone(),
+        node: config.name.clone(),
+        runtime: ProcessRuntime::new(config.data_dir.clone(), config.shim.clone()),
+        catalog: config.catalog.clone(),
+        launch: LaunchDefaults {
+            node_name: config.name.clone(),
+            data_dir: config.data_dir.clone(),
+            log_max_bytes: config.log_max_bytes,
+            log_keep: config.log_keep,
+        },
+    });
+    let (mut tasks, reflector_task) = reflector::<Task>(store.clone());
+    tasks.wait_until_ready().await;
+    let mut workers = Workers { ctx: ctx.clone(), running: HashMap::new() };
+    let held = ctx.runtime.list().unwrap_or_else(|err| {
+        tracing::warn!(error = %err, "cannot list task directories");
+        Vec::new()
+    });
+    let mine = |tasks: &[Arc<Task>]| -> BTreeMap<String, Arc<Task>> {
+        tasks
+            .iter()
+            .filter(|t| t.spec.node_id.as_deref().is_some_and(|n| n == config.name || n == node.metadata.uid))
+            .map(|t| (t.metadata.name.clone(), t.clone()))
+            .collect()
+    };
+    let initial = mine(&tasks.list());
+    for id in held.into_iter().filter(|id| !initial.contains_key(id)) {
+        tracing::info!(task = %id, "task directory without a Task: stopping and removing it");
+        workers.start(id, None);
+    }
+    tokio::pin!(shutdown);
+    loop {
+        workers.sync(mine(&tasks.list()));
+        tokio::select! {
+            _ = tasks.changed() => {}
+            _ = tokio::time::sleep(RESYNC) => {}
+            _ = &mut shutdown => break,
+        }
+    }
+    reflector_task.abort();
+    workers.abort();
+    heartbeat.stop().await;
+    tracing::info!(node = %config.name, "agent stopped; tasks keep running");
+    Ok(())
+}
+
+/// The workers of one agent, by task id.
+struct Workers<R> {
+    ctx: Arc<Context<R>>,
+    running: HashMap<String, (TaskSlot, JoinHandle<()>)>,
+}
+
+impl<R: Runtime> Workers<R> {
+    fn start(&mut self, id: String, task: Option<Arc<Task>>) {
+        let worker = worker::spawn(self.ctx.clone(), id.clone(), task);
+        self.running.insert(id, worker);
+    }
+
+    /// Hands each worker its Task's latest version, starts workers for new
+    /// tasks, tells those whose Task is gone, forgets finished ones.
+    fn sync(&mut self, mine: BTreeMap<String, Arc<Task>>) {
+        self.running.retain(|_, (_, handle)| !handle.is_finished());
+        for (id, (slot, _)) in &self.running {
+            let latest = mine.get(id).cloned();
+            slot.send_if_modified(|current| {
+                let version = |t: &Option<Arc<Task>>| t.as_ref().map(|t| t.metadata.resource_version);
+                let changed = version(current) != version(&latest);
+                if changed {
+                    *current = latest;
+                }
+                changed
+            });
+        }
+        for (id, task) in mine {
+            if !self.running.contains_key(&id) {
+                self.start(id, Some(task));
+            }
+        }
+    }
+
+    fn abort(self) {
+        for (_, (_, handle)) in self.running {
+            handle.abort();
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The runtime trait: how the agent makes a task's process exist, roughly
+//! SwarmKit's exec `Controller` (prepare, start, wait, shutdown, remove) plus
+//! `inspect` for re-adopting what an earlier agent started. The process
+//! runtime ([`process`]) is the first; an OCI runtime (runc/crun bundles)
+//! comes later behind the same trait.
+
+pub mod process;
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::taskdir::{ExitRecord, Launch, PidRecord};
+
+pub use process::ProcessRuntime;
+
+/// Why a runtime operation failed; the message goes into the task's status.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("preparing task {id}: {source}")]
+    Prepare { id: String, #[source] source: std::io::Error },
+    #[error("starting task {id}: {message}")]
+    Start { id: String, message: String },
+    #[error("reading the state of task {id}: {source}")]
+    Inspect { id: String, #[source] source: std::io::Error },
+    #[error("stopping task {id}: {source}")]
+    Stop { id: String, #[source] source: std::io::Error },
+    #[error("removing task {id}: {source}")]
+    Remove { id: String, #[source] source: std::io::Error },
+}
+
+/// What a runtime knows about a task, e.g. after an agent restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inspection {
+    /// Nothing on this node.
+    Absent,
+    /// Prepared, not started (or the start was interrupted).
+    Prepared,
+    /// The process runs.
+    Running(PidRecord),
+    /// The process ended (or never could start).
+    Exited(ExitRecord),
+}
+
+/// The outcome of a start: the process runs, or it ended at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    Running(PidRecord),
+    Exited(ExitRecord),
+}
+
+/// Makes tasks' processes exist. Every method is idempotent and keyed by
+/// the task id, so a restarted agent can pick up where the last one stopped.
+pub trait Runtime: Send + Sync + 'static {
+    /// Records what to run; nothing runs yet.
+    fn prepare(&self, id: &str, launch: &Launch) -> Result<(), RuntimeError>;
+    /// Starts the prepared task and waits until its process runs or fails.
+    fn start(&self, id: &str) -> impl Future<Output = Result<Started, RuntimeError>> + Send;
+    /// What is there for `id` now.
+    fn inspect(&self, id: &str) -> Result<Inspection, RuntimeError>;
+    /// Waits for the running process to end.
+    fn wait(&self, id: &str) -> impl Future<Output = Result<ExitRecord, RuntimeError>> + Send;
+    /// Sends `signal`, waits up to `grace`, then SIGKILL; returns the exit.
+    fn stop(&self, id: &str, signal: i32, grace: Duration) -> impl Future<Output = Result<ExitRecord, RuntimeError>> + Send;
+    /// Deletes everything kept for the task (it must not be running).
+    fn remove(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Ids of every task the runtime holds something for.
+    fn list(&self) -> Result<Vec<String>, RuntimeError>;
+}

@@ -1,0 +1,176 @@
+//! The process runtime: a task is a host process supervised by a per-task
+//! shim (`shoal agent shim`, see [`crate::shim`]) in its own session; all
+//! state is in the task's directory ([`crate::taskdir`]), so another agent
+//! process can inspect, wait for and stop a task it did not start.
+//!
+//! Tasks share the host's network (no per-task namespace yet).
+//!
+//! The agent is never the task's parent, so it learns of an exit by polling
+//! `exit.json` and `/proc` (every 100 ms) rather than by `waitpid`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::time::{sleep, timeout, Instant};
+
+use super::{Inspection, Runtime, RuntimeError, Started};
+use crate::sys;
+use crate::taskdir::{self, ExitRecord, Launch, PidRecord, TaskDir};
+
+/// How often the agent looks at a task's files and process.
+const POLL: Duration = Duration::from_millis(100);
+/// How long a shim may take to start its task.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a SIGKILLed task may take to be reaped.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs tasks as supervised host processes.
+#[derive(Debug, Clone)]
+pub struct ProcessRuntime {
+    data_dir: PathBuf,
+    /// The shim command: program and leading args; `--dir DIR` is appended.
+    shim: Vec<String>,
+}
+
+impl ProcessRuntime {
+    /// Tasks under `{data_dir}/tasks`, supervised by `shim` (e.g.
+    /// `["/usr/bin/shoal", "agent", "shim"]`).
+    pub fn new(data_dir: PathBuf, shim: Vec<String>) -> Self {
+        Self { data_dir, shim }
+    }
+
+    fn dir(&self, id: &str) -> TaskDir {
+        TaskDir::new(&self.data_dir, id)
+    }
+
+    fn spawn_shim(&self, id: &str, dir: &TaskDir) -> Result<(), RuntimeError> {
+        let start_error = |message: String| RuntimeError::Start { id: id.into(), message };
+        let (program, args) = self.shim.split_first().ok_or_else(|| start_error("no shim command configured".into()))?;
+        let log = std::fs::File::create(dir.file("shim.log")).map_err(|e| start_error(format!("creating shim.log: {e}")))?;
+        let log_err = log.try_clone().map_err(|e| start_error(e.to_string()))?;
+        let mut command = tokio::process::Command::new(program);
+        command.args(args).arg("--dir").arg(dir.path()).stdin(Stdio::null()).stdout(log).stderr(log_err);
+        // SAFETY: the closure only calls setsid(2), which is async-signal-safe.
+        unsafe {
+            command.pre_exec(sys::new_session);
+        }
+        let mut child = command.spawn().map_err(|e| start_error(format!("cannot run the shim {program}: {e}")))?;
+        // Reap the shim if it exits while this agent lives; after an agent
+        // restart init reaps it.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(())
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn prepare(&self, id: &str, launch: &Launch) -> Result<(), RuntimeError> {
+        let dir = self.dir(id);
+        let prepare = |source| RuntimeError::Prepare { id: id.into(), source };
+        dir.create().map_err(prepare)?;
+        std::fs::create_dir_all(&launch.cwd).map_err(prepare)?;
+        dir.write_launch(launch).map_err(prepare)
+    }
+
+    async fn start(&self, id: &str) -> Result<Started, RuntimeError> {
+        let dir = self.dir(id);
+        self.spawn_shim(id, &dir)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.inspect(id)? {
+                Inspection::Running(pid) => return Ok(Started::Running(pid)),
+                Inspection::Exited(exit) => return Ok(Started::Exited(exit)),
+                _ if Instant::now() > deadline => {
+                    let shim_log = std::fs::read_to_string(dir.file("shim.log")).unwrap_or_default();
+                    return Err(RuntimeError::Start {
+                        id: id.into(),
+                        message: format!("the shim did not start the task within {START_TIMEOUT:?}: {}", shim_log.trim()),
+                    });
+                }
+                _ => sleep(POLL / 5).await,
+            }
+        }
+    }
+
+    fn inspect(&self, id: &str) -> Result<Inspection, RuntimeError> {
+        let dir = self.dir(id);
+        let inspect = |source| RuntimeError::Inspect { id: id.into(), source };
+        if !dir.exists() {
+            return Ok(Inspection::Absent);
+        }
+        if let Some(exit) = dir.read_exit().map_err(inspect)? {
+            return Ok(Inspection::Exited(exit));
+        }
+        match dir.read_pid().map_err(inspect)? {
+            // A live shim that has not yet recorded the exit still owns the task.
+            Some(pid) if sys::is_same_process(pid.pid, pid.start_ticks) || shim_alive(&dir) => Ok(Inspection::Running(pid)),
+            // Exited between the two reads, or died with its shim.
+            Some(_) => Ok(Inspection::Exited(dir.read_exit().map_err(inspect)?.unwrap_or_else(lost))),
+            None => Ok(Inspection::Prepared),
+        }
+    }
+
+    async fn wait(&self, id: &str) -> Result<ExitRecord, RuntimeError> {
+        loop {
+            match self.inspect(id)? {
+                Inspection::Exited(exit) => return Ok(exit),
+                Inspection::Running(_) => sleep(POLL).await,
+                Inspection::Absent | Inspection::Prepared => return Ok(lost()),
+            }
+        }
+    }
+
+    async fn stop(&self, id: &str, signal: i32, grace: Duration) -> Result<ExitRecord, RuntimeError> {
+        let pid = match self.inspect(id)? {
+            Inspection::Running(pid) => pid,
+            Inspection::Exited(exit) => return Ok(exit),
+            Inspection::Absent | Inspection::Prepared => return Ok(lost()),
+        };
+        let send = |signal| signal_if_same(&pid, signal).map_err(|source| RuntimeError::Stop { id: id.into(), source });
+        send(signal)?;
+        if let Ok(exit) = timeout(grace, self.wait(id)).await {
+            return exit;
+        }
+        tracing::info!(task = id, grace = ?grace, "task ignored its stop signal; sending SIGKILL");
+        send(libc::SIGKILL)?;
+        match timeout(KILL_TIMEOUT, self.wait(id)).await {
+            Ok(exit) => exit,
+            Err(_) => Err(RuntimeError::Stop { id: id.into(), source: std::io::Error::other("still running after SIGKILL") }),
+        }
+    }
+
+    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.dir(id).remove().map_err(|source| RuntimeError::Remove { id: id.into(), source })
+    }
+
+    fn list(&self) -> Result<Vec<String>, RuntimeError> {
+        taskdir::list(&self.data_dir).map_err(|source| RuntimeError::Inspect { id: "*".into(), source })
+    }
+}
+
+/// Signals the task's process group unless the pid now belongs to another process.
+fn signal_if_same(pid: &PidRecord, signal: i32) -> std::io::Result<()> {
+    if !sys::is_same_process(pid.pid, pid.start_ticks) {
+        return Ok(());
+    }
+    sys::signal_group(pid.pid, signal)
+}
+
+/// True while the task's shim process exists.
+fn shim_alive(dir: &TaskDir) -> bool {
+    std::fs::read_to_string(dir.file("shim.pid"))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| sys::start_ticks(pid).is_some())
+}
+
+/// The exit of a process that vanished without its shim recording it.
+fn lost() -> ExitRecord {
+    ExitRecord {
+        error: Some("task process lost: it ended while its shim was gone, exit status unknown".into()),
+        finished_at: Some(chrono::Utc::now()),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,106 @@
+//! The per-task supervisor (`shoal agent shim --dir DIR`): a small process
+//! in its own session that owns the task process, so the task outlives the
+//! agent (killed, upgraded, restarted) and the next agent can re-adopt it.
+//!
+//! It reads `launch.json`, starts the task in a process group of its own,
+//! records `pid.json`, copies stdout/stderr into rotating log files and, when
+//! the task exits, records `exit.json` and exits itself. It holds no state
+//! that the files do not: an agent re-attaches by reading them.
+//!
+//! Why not the agent itself as the parent: a child dies with (or is
+//! orphaned by) its parent, and an orphan's exit status is lost.
+
+use std::io::Read;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use chrono::Utc;
+
+use crate::logs::{copy_into, RotatingFile};
+use crate::sys;
+use crate::taskdir::{ExitRecord, PidRecord, TaskDir};
+
+/// `PATH` for tasks whose environment sets none (Docker's default).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Why the shim could not supervise its task.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    #[error("cannot read {dir}/launch.json: {source}")]
+    ReadLaunch { dir: PathBuf, #[source] source: std::io::Error },
+    #[error("{dir}/launch.json is missing")]
+    NoLaunch { dir: PathBuf },
+    #[error("cannot record the task's state in {dir}: {source}")]
+    Record { dir: PathBuf, #[source] source: std::io::Error },
+}
+
+/// Runs the task described in `dir` to its end. Blocks.
+pub fn run(dir: PathBuf) -> Result<(), ShimError> {
+    let task = TaskDir::at(dir.clone());
+    let record = |source| ShimError::Record { dir: dir.clone(), source };
+    std::fs::write(task.file("shim.pid"), std::process::id().to_string()).map_err(record)?;
+    let launch = task
+        .read_launch()
+        .map_err(|source| ShimError::ReadLaunch { dir: dir.clone(), source })?
+        .ok_or_else(|| ShimError::NoLaunch { dir: dir.clone() })?;
+    let Some((program, args)) = launch.argv.split_first() else {
+        return task.write_exit(&failure("the task has no command".into())).map_err(record);
+    };
+    let mut env = launch.env.clone();
+    env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .envs(&env)
+        .current_dir(&launch.cwd)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(gid) = launch.gid {
+        command.gid(gid);
+    }
+    if let Some(uid) = launch.uid {
+        command.uid(uid);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(err) => return task.write_exit(&failure(format!("cannot start {program:?}: {err}"))).map_err(record),
+    };
+    let pid = child.id();
+    let start_ticks = sys::start_ticks(pid).unwrap_or_default();
+    task.write_pid(&PidRecord { pid, start_ticks, started_at: Utc::now() }).map_err(record)?;
+    let stdout = child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let stderr = child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>);
+    let mut threads = Vec::new();
+    for (name, stream) in [("stdout.log", stdout), ("stderr.log", stderr)] {
+        let Some(stream) = stream else { continue };
+        let path = task.file(name);
+        let (max, keep) = (launch.log_max_bytes, launch.log_keep);
+        threads.push(std::thread::spawn(move || match RotatingFile::open(&path, max, keep) {
+            Ok(mut out) => {
+                if let Err(err) = copy_into(stream, &mut out) {
+                    eprintln!("shim: writing {}: {err}", path.display());
+                }
+            }
+            Err(err) => eprintln!("shim: opening {}: {err}", path.display()),
+        }));
+    }
+    let exit = match child.wait() {
+        Ok(status) => ExitRecord { code: status.code(), signal: status.signal(), error: None, finished_at: Some(Utc::now()) },
+        Err(err) => failure(format!("waiting for the task process failed: {err}")),
+    };
+    // Record the exit before draining the logs: a grandchild that keeps the
+    // pipes open must not delay the agent learning that the task ended.
+    task.write_exit(&exit).map_err(record)?;
+    for thread in threads {
+        let _ = thread.join();
+    }
+    Ok(())
+}
+
+fn failure(error: String) -> ExitRecord {
+    ExitRecord { error: Some(error), finished_at: Some(Utc::now()), ..Default::default() }
+}

@@ -1,0 +1,223 @@
+//! One task's driver: a tokio task per task assigned to this node that
+//! advances it one [`Step`] at a time, writing each new state to its
+//! observation, and re-reads the desired state whenever the Task changes.
+//!
+//! On start it recovers: what the runtime still holds (a running process is
+//! re-adopted, never restarted) and the last observation decide where it
+//! resumes. When the Task disappears (or, at agent start, a task directory
+//! has no Task) it stops the process, removes the task's files and deletes
+//! the observation. When the agent shuts down the worker just ends: the
+//! task keeps running for the next agent.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_crd::{Task, TaskState};
+use shoal_store::client::Store;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::image::ImageCatalog;
+use crate::launch::{self, LaunchDefaults};
+use crate::observation::{ObservationWriter, Report};
+use crate::runtime::{Inspection, Runtime, Started};
+use crate::state::{exit_outcome, next_step, Step};
+use crate::sys;
+use crate::taskdir::ExitRecord;
+
+/// Stop settings for a task whose spec is unknown (an orphaned directory).
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// What every worker of one agent shares.
+pub struct Context<R> {
+    pub store: Store,
+    pub node: String,
+    pub runtime: R,
+    pub catalog: ImageCatalog,
+    pub launch: LaunchDefaults,
+}
+
+/// The latest Task a worker should act on; `None` once it is gone.
+pub type TaskSlot = watch::Sender<Option<Arc<Task>>>;
+
+/// Starts the worker of task `id`.
+pub fn spawn<R: Runtime>(ctx: Arc<Context<R>>, id: String, task: Option<Arc<Task>>) -> (TaskSlot, JoinHandle<()>) {
+    let (tx, rx) = watch::channel(task);
+    let handle = tokio::spawn(async move {
+        let observation = loop {
+            match ObservationWriter::load(ctx.store.clone(), &id, &ctx.node).await {
+                Ok(o) => break o,
+                Err(err) => {
+                    tracing::warn!(task = %id, error = %err, "reading the task observation failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        Worker { ctx, id, rx, observation, state: TaskState::Assigned, last: None }.run().await;
+    });
+    (tx, handle)
+}
+
+struct Worker<R> {
+    ctx: Arc<Context<R>>,
+    id: String,
+    rx: watch::Receiver<Option<Arc<Task>>>,
+    observation: ObservationWriter,
+    state: TaskState,
+    /// The last Task seen, for its stop settings once it is gone.
+    last: Option<Arc<Task>>,
+}
+
+impl<R: Runtime> Worker<R> {
+    async fn run(mut self) {
+        let first = self.rx.borrow_and_update().clone();
+        if let Some(task) = first {
+            self.recover(&task).await;
+        }
+        loop {
+            let Some(task) = self.rx.borrow_and_update().clone() else {
+                self.retire().await;
+                return;
+            };
+            self.last = Some(task.clone());
+            let desired = task.spec.desired_state;
+            match next_step(self.state, desired) {
+                Step::Accept => match self.ctx.catalog.resolve(&task.spec.spec) {
+                    Ok(_) => self.report(&task, Report { state: TaskState::Accepted, message: "accepted".into(), ..Default::default() }).await,
+                    Err(err) => self.report(&task, Report { state: TaskState::Rejected, message: err.to_string(), ..Default::default() }).await,
+                },
+                Step::Prepare => self.prepare(&task).await,
+                Step::Start => self.start(&task).await,
+                Step::Wait => {
+                    tokio::select! {
+                        exit = self.ctx.runtime.wait(&self.id) => self.exited(&task, exit.unwrap_or_else(|e| error_exit(e.to_string())), false).await,
+                        changed = self.rx.changed() => if changed.is_err() { return },
+                    }
+                }
+                Step::Stop => {
+                    let exit = self.stop(Some(&task)).await;
+                    self.exited(&task, exit, true).await;
+                }
+                Step::Cancel => self.report(&task, Report { state: TaskState::Shutdown, message: "shutdown before it started".into(), ..Default::default() }).await,
+                Step::Idle => {
+                    if desired == TaskState::Remove {
+                        self.remove_files();
+                    }
+                    if self.rx.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Picks up after an earlier agent: runtime facts first, then the last observation.
+    async fn recover(&mut self, task: &Task) {
+        let observed = self.observation.current_for(&task.metadata.uid).and_then(|o| o.status.as_ref().map(|s| (s.state, o.spec.pid)));
+        let inspection = self.ctx.runtime.inspect(&self.id).unwrap_or(Inspection::Absent);
+        self.state = match (observed, inspection) {
+            (Some((state, _)), _) if state.is_terminal() => state,
+            (observed, Inspection::Running(pid)) => {
+                self.state = TaskState::Running;
+                if observed != Some((TaskState::Running, Some(pid.pid))) {
+                    let report = Report { state: TaskState::Running, message: "running (re-adopted)".into(), pid: Some(pid.pid), ..Default::default() };
+                    self.report(task, report).await;
+                } else {
+                    tracing::info!(task = %self.id, pid = pid.pid, "re-adopted running task");
+                }
+                TaskState::Running
+            }
+            (_, Inspection::Exited(exit)) => {
+                self.exited(task, exit, task.spec.desired_state > TaskState::Running).await;
+                self.state
+            }
+            (_, Inspection::Prepared) => TaskState::Preparing,
+            (Some((TaskState::Starting | TaskState::Running, _)), Inspection::Absent) => {
+                let message = "task process lost: its files are gone".to_string();
+                self.report(task, Report { state: TaskState::Failed, message, ..Default::default() }).await;
+                TaskState::Failed
+            }
+            _ => TaskState::Assigned,
+        };
+    }
+
+    async fn prepare(&mut self, task: &Task) {
+        let result = self
+            .ctx
+            .catalog
+            .resolve(&task.spec.spec)
+            .map_err(|e| (TaskState::Rejected, e.to_string()))
+            .and_then(|image| launch::build(task, image, &self.ctx.launch).map_err(|e| (TaskState::Rejected, e.to_string())))
+            .and_then(|launch| self.ctx.runtime.prepare(&self.id, &launch).map_err(|e| (TaskState::Failed, e.to_string())));
+        let (state, message) = match result {
+            Ok(()) => (TaskState::Preparing, "preparing".to_string()),
+            Err(failure) => failure,
+        };
+        self.report(task, Report { state, message, ..Default::default() }).await;
+    }
+
+    async fn start(&mut self, task: &Task) {
+        self.report(task, Report { state: TaskState::Starting, message: "starting".into(), ..Default::default() }).await;
+        match self.ctx.runtime.start(&self.id).await {
+            Ok(Started::Running(pid)) => {
+                let report = Report { state: TaskState::Running, message: "running".into(), pid: Some(pid.pid), ..Default::default() };
+                self.report(task, report).await;
+            }
+            Ok(Started::Exited(exit)) => self.exited(task, exit, false).await,
+            Err(err) => self.report(task, Report { state: TaskState::Failed, message: err.to_string(), ..Default::default() }).await,
+        }
+    }
+
+    /// Stops the process with the task's stop signal and grace period.
+    async fn stop(&mut self, task: Option<&Task>) -> ExitRecord {
+        let (signal, grace) = match task {
+            Some(task) => {
+                let spec = &task.spec.spec;
+                (sys::parse_signal(&spec.stop_signal).unwrap_or(libc::SIGTERM), spec.stop_grace_period.0)
+            }
+            None => (libc::SIGTERM, DEFAULT_GRACE),
+        };
+        tracing::info!(task = %self.id, signal, grace = ?grace, "stopping task");
+        self.ctx.runtime.stop(&self.id, signal, grace).await.unwrap_or_else(|e| error_exit(e.to_string()))
+    }
+
+    async fn exited(&mut self, task: &Task, exit: ExitRecord, stopping: bool) {
+        let (state, message) = exit_outcome(&exit, stopping);
+        self.report(task, Report { state, message, pid: None, exit_code: exit.code }).await;
+    }
+
+    /// The Task is gone: nothing of it may remain on this node.
+    async fn retire(&mut self) {
+        if matches!(self.ctx.runtime.inspect(&self.id), Ok(Inspection::Running(_))) {
+            let last = self.last.clone();
+            self.stop(last.as_deref()).await;
+        }
+        self.remove_files();
+        self.observation.delete().await;
+        tracing::info!(task = %self.id, "task removed from this node");
+    }
+
+    fn remove_files(&mut self) {
+        if let Err(err) = self.ctx.runtime.remove(&self.id) {
+            tracing::warn!(task = %self.id, error = %err, "cannot remove the task's files");
+        }
+    }
+
+    /// Enters a new state: one log line, one observation write.
+    async fn report(&mut self, task: &Task, report: Report) {
+        tracing::info!(
+            task = %self.id,
+            service = %task.spec.service_name,
+            from = ?self.state,
+            to = ?report.state,
+            message = %report.message,
+            "task state"
+        );
+        self.state = report.state;
+        self.observation.write(&task.metadata.uid, report).await;
+    }
+}
+
+fn error_exit(error: String) -> ExitRecord {
+    ExitRecord { error: Some(error), finished_at: Some(chrono::Utc::now()), ..Default::default() }
+}

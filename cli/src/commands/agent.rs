@@ -1,0 +1,110 @@
+//! `shoal agent`: the node agent — registers this node, heartbeats, and
+//! runs the tasks the scheduler assigns to it (see the `shoal-agent` crate).
+//! `shoal agent shim --dir DIR` (hidden) is the per-task supervisor the
+//! agent starts; it needs no store.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use shoal_agent::config::parse_labels;
+use shoal_agent::logs::{DEFAULT_KEEP, DEFAULT_MAX_BYTES};
+use shoal_agent::{AgentConfig, ImageCatalog};
+use shoal_store::client::Store;
+
+use crate::store_flags::StoreFlags;
+
+/// Flags of `shoal agent`.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    /// Node name (unique in the cluster).
+    #[arg(long, required = true)]
+    pub name: Option<String>,
+    /// Address other nodes reach this one at.
+    #[arg(long, required = true)]
+    pub advertise_addr: Option<IpAddr>,
+    /// Node labels as key=value (comma-separated or repeated); applied when the node is first registered.
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Task directories and logs (default: /var/lib/shoal/agents/NAME as root, else ~/.local/share/shoal/agents/NAME).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seconds without a heartbeat after which the node counts as down.
+    #[arg(long, default_value_t = 3)]
+    pub heartbeat_ttl: u64,
+    /// YAML/JSON file mapping images (`name:tag` or `name`) to commands; `shoal/demo` is built in.
+    #[arg(long)]
+    pub image_catalog: Option<PathBuf>,
+    /// Bytes per task log file before it is rotated.
+    #[arg(long, default_value_t = DEFAULT_MAX_BYTES)]
+    pub log_max_size: u64,
+    /// Rotated log files kept per stream.
+    #[arg(long, default_value_t = DEFAULT_KEEP)]
+    pub log_max_files: usize,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AgentCommand {
+    /// Supervise one task (started by the agent).
+    #[command(hide = true)]
+    Shim {
+        /// The task's directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// Runs the shim, or connects to the store and runs the agent.
+pub async fn main(flags: &StoreFlags, args: AgentArgs) -> anyhow::Result<()> {
+    if let Some(AgentCommand::Shim { dir }) = args.command {
+        return tokio::task::spawn_blocking(move || shoal_agent::shim::run(dir)).await?.map_err(Into::into);
+    }
+    run(super::connect(flags).await?, args).await
+}
+
+/// Runs the agent against `store` until SIGTERM or Ctrl-C.
+pub async fn run(store: Store, args: AgentArgs) -> anyhow::Result<()> {
+    let config = config(args)?;
+    shoal_agent::run(store, config, super::serve::shutdown_signal()).await?;
+    Ok(())
+}
+
+fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
+    let name = args.name.context("--name is required")?;
+    let advertise_addr = args.advertise_addr.context("--advertise-addr is required")?;
+    let exe = std::env::current_exe().context("cannot find the running shoal binary")?;
+    let mut catalog = ImageCatalog::builtin(exe.clone());
+    if let Some(file) = &args.image_catalog {
+        catalog = catalog.with_file(file)?;
+    }
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir()?.join("agents").join(&name),
+    };
+    Ok(AgentConfig {
+        labels: parse_labels(&args.labels).map_err(anyhow::Error::msg)?,
+        name,
+        advertise_addr: advertise_addr.to_string(),
+        data_dir,
+        heartbeat_ttl: args.heartbeat_ttl.max(1) as i64,
+        catalog,
+        shim: vec![exe.display().to_string(), "agent".into(), "shim".into()],
+        log_max_bytes: args.log_max_size,
+        log_keep: args.log_max_files,
+    })
+}
+
+/// /var/lib/shoal as root, else $XDG_DATA_HOME/shoal or ~/.local/share/shoal.
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if shoal_agent::sys::is_root() {
+        return Ok(PathBuf::from("/var/lib/shoal"));
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("shoal"));
+    }
+    let home = std::env::var_os("HOME").context("neither --data-dir nor HOME is set")?;
+    Ok(PathBuf::from(home).join(".local/share/shoal"))
+}

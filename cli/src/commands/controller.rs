@@ -1,0 +1,41 @@
+//! `shoal controller`: the controller manager — every reconcile loop,
+//! leader-elected so several replicas can run (one acts, the others wait).
+
+use shoal_controllers::manager::{run_with, Settings};
+use shoal_store::client::Store;
+
+use super::serve::shutdown_signal;
+
+/// `shoal controller` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControllerArgs {
+    /// Name in the leader election and logs (default: hostname and process id).
+    #[arg(long, env = "SHOAL_CONTROLLER_IDENTITY")]
+    pub identity: Option<String>,
+    /// Seconds a leader keeps leading after its last lease renewal; a
+    /// standby takes over at most this long after the leader dies.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i64).range(1..=600))]
+    pub lease_ttl: i64,
+    /// Finished tasks kept per replica slot (Docker's task-history-limit).
+    #[arg(long, default_value_t = shoal_controllers::service::DEFAULT_HISTORY_LIMIT)]
+    pub task_history_limit: usize,
+}
+
+/// Runs the controller manager until Ctrl-C or SIGTERM.
+pub async fn run(store: Store, args: ControllerArgs) -> anyhow::Result<()> {
+    let identity = args.identity.unwrap_or_else(default_identity);
+    tracing::info!(%identity, lease_ttl = args.lease_ttl, "controller manager starting");
+    let settings = Settings { identity, lease_ttl_secs: args.lease_ttl, task_history_limit: args.task_history_limit };
+    run_with(store, settings, shutdown_signal()).await;
+    Ok(())
+}
+
+/// `hostname-pid`.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "shoal".to_string());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,46 @@
+//! The TaskObservation kind: what a node's agent sees of one task it runs.
+//!
+//! One writer per key: a Task (`{prefix}/tasks/<id>`) is written only by
+//! controllers (spec, `desiredState`); its observation
+//! (`{prefix}/taskobservations/<same id>`) only by the agent of the node the
+//! task is assigned to — spec and status alike. Controllers read both. The
+//! agent deletes the observation once the Task is gone.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::{kind, TaskStatus};
+
+kind!(
+    /// A node agent's report on one task: identity and runtime facts in the
+    /// spec, lifecycle (Swarm's task states) in the status.
+    TaskObservation, TaskObservationSpec, "taskobservations", status: TaskStatus
+);
+
+/// Written by the agent running the task: what it set up.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TaskObservationSpec {
+    /// Node whose agent writes this observation.
+    pub node_id: String,
+    /// `metadata.uid` of the Task observed: an observation whose uid differs
+    /// from the Task's belongs to an earlier task of the same name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub task_uid: String,
+    /// Process id of the task's main process while it runs (on `nodeId`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// The network the task's process is in.
+    pub network: TaskNetwork,
+}
+
+/// Which network a task's process shares.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskNetwork {
+    /// The node's own network namespace (the process runtime without per-task namespaces).
+    #[default]
+    Host,
+    /// A network namespace of its own on the node's bridge.
+    Namespace,
+}

@@ -1,0 +1,2 @@
+//! etcdctl against the embedded store (placeholder; filled in below).
+mod support;
