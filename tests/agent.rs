@@ -6,18 +6,28 @@
 //! process when restarted; failing and unknown images end failed and
 //! rejected.
 //!
+//! As root (CI runs as root; these tests fail rather than skip otherwise),
+//! with real kernel networking: two replicas on one agent each listen on
+//! port 80 in a network namespace of their own, reachable from the host at
+//! their own addresses on the agent's bridge; a restarted agent keeps their
+//! namespaces, addresses and processes; a removed task's namespace and veth
+//! are gone. Each such test uses its own bridge and subnet, so tests run
+//! concurrently.
+//!
 //! Every spawned process (agents, shims, tasks) is SIGKILLed by a Drop
-//! guard, also when a test fails.
+//! guard, also when a test fails; namespaces, links and nftables tables by
+//! another ([`NetworkGuard`]).
 
 mod support;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use shoal_crd::{heartbeat_key, Node, ServiceSpec, Task, TaskObservation, TaskSpec, TaskState};
+use shoal_agent::network::task::{netns_name, veth_name};
+use shoal_crd::{heartbeat_key, Node, ServiceSpec, Task, TaskNetwork, TaskObservation, TaskSpec, TaskState};
 use shoal_store::client::{Store, StoreConfig};
 use shoal_store::proto::RangeRequest;
 use support::{free_port, Backend, StoreUnderTest};
@@ -28,14 +38,22 @@ const TTL: u64 = 3;
 struct AgentUnderTest {
     name: String,
     endpoint: String,
+    /// Flags beyond name, address, labels, data dir, TTL and store.
+    flags: Vec<String>,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
 impl AgentUnderTest {
+    /// An agent whose tasks share the host network.
     fn start(store: &StoreUnderTest, name: &str) -> Self {
+        Self::start_with(store, name, &["--network", "host"])
+    }
+
+    fn start_with(store: &StoreUnderTest, name: &str, flags: &[&str]) -> Self {
         let dir = tempfile::Builder::new().prefix("shoal-agent-test-").tempdir().unwrap();
-        let mut agent = AgentUnderTest { name: name.into(), endpoint: store.endpoint(), dir, child: None };
+        let flags = flags.iter().map(|f| f.to_string()).collect();
+        let mut agent = AgentUnderTest { name: name.into(), endpoint: store.endpoint(), flags, dir, child: None };
         agent.spawn();
         agent
     }
@@ -51,6 +69,7 @@ impl AgentUnderTest {
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--heartbeat-ttl", &TTL.to_string(), "--etcd-endpoints", &self.endpoint])
+            .args(&self.flags)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -58,6 +77,14 @@ impl AgentUnderTest {
             .spawn()
             .expect("starting shoal agent");
         self.child = Some(child);
+    }
+
+    /// SIGTERM and wait: a graceful shutdown.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            kill(child.id() as i32, "-TERM");
+            let _ = child.wait();
+        }
     }
 
     /// SIGKILL: no shutdown, no lease revoke.
@@ -79,7 +106,7 @@ impl Drop for AgentUnderTest {
         // Shims and tasks outlive the agent by design: kill them by their records.
         for task in std::fs::read_dir(self.data_dir().join("tasks")).into_iter().flatten().flatten() {
             for pid in [pid_in(&task.path().join("pid.json")), std::fs::read_to_string(task.path().join("shim.pid")).ok().and_then(|p| p.trim().parse().ok())].into_iter().flatten() {
-                kill9(pid);
+                kill(pid, "-9");
             }
         }
     }
@@ -90,8 +117,8 @@ fn pid_in(path: &Path) -> Option<i32> {
     record["pid"].as_i64().map(|p| p as i32)
 }
 
-fn kill9(pid: i32) {
-    let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+fn kill(pid: i32, signal: &str) {
+    let _ = Command::new("kill").args([signal, &pid.to_string()]).stderr(Stdio::null()).status();
 }
 
 fn alive(pid: u32) -> bool {
@@ -148,8 +175,8 @@ async fn heartbeat_exists(store: &Store, node: &str) -> bool {
 }
 
 /// `GET /` over plain HTTP/1.0; the body.
-fn http_get(port: u16) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+fn http_get(addr: SocketAddr) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
     let mut response = String::new();
@@ -176,8 +203,9 @@ async fn task_runs_stops_survives_an_agent_kill_and_is_readopted(backend: Backen
     store.create(demo_task("t-web-1", "node-1", "shoal/demo:1.0", &[("DEMO_LISTEN", &listen)])).await.unwrap();
     let running = observation_in(&store, &agent, "t-web-1", TaskState::Running).await;
     let pid = running.spec.pid.expect("a running task has a pid");
-    assert_eq!(running.spec.network, shoal_crd::TaskNetwork::Host);
-    let body = eventually(&agent, Duration::from_secs(10), "the demo to answer", async || http_get(port)).await;
+    assert_eq!((running.spec.network, running.spec.addresses.len()), (TaskNetwork::Host, 0));
+    let local = SocketAddr::from(([127, 0, 0, 1], port));
+    let body = eventually(&agent, Duration::from_secs(10), "the demo to answer", async || http_get(local)).await;
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!((answer["version"].as_str(), answer["task"].as_str(), answer["node"].as_str()), (Some("1.0"), Some("t-web-1"), Some("node-1")));
     let task = store.require::<Task>("t-web-1").await.unwrap();
@@ -197,7 +225,7 @@ async fn task_runs_stops_survives_an_agent_kill_and_is_readopted(backend: Backen
     let readopted = observation_in(&store, &agent, "t-web-1", TaskState::Running).await;
     assert_eq!(readopted.spec.pid, Some(pid));
     assert!(alive(pid));
-    assert!(http_get(port).is_some_and(|b| b.contains("\"1.0\"")));
+    assert!(http_get(local).is_some_and(|b| b.contains("\"1.0\"")));
 
     // desiredState shutdown: SIGTERM, the demo exits cleanly, observed shutdown.
     let mut task = store.require::<Task>("t-web-1").await.unwrap();
@@ -245,4 +273,172 @@ async fn a_task_that_cannot_start_fails_and_an_unknown_image_is_rejected() {
     let rejected = observation_in(&store, &agent, "t-ghost-1", TaskState::Rejected).await.status.unwrap();
     assert_eq!(rejected.message, "image not found in the local catalog: ghost:1");
     assert!(store.get::<TaskObservation>("t-elsewhere").await.unwrap().is_none(), "another node's task is not ours");
+}
+
+/// Fails (never skips) unless root: namespaces, veths and nftables need it.
+fn assert_root() {
+    assert!(shoal_agent::sys::is_root(), "these tests need root (CI runs as root)");
+}
+
+/// The kernel objects of one namespace test: its bridge, nftables table,
+/// and the namespace and veth of each task id; all deleted on drop, also
+/// when the test failed. Declare it before the agent, so the agent (and its
+/// tasks) are killed first.
+struct NetworkGuard {
+    bridge: String,
+    subnet: String,
+    tasks: Vec<String>,
+}
+
+impl NetworkGuard {
+    fn new(bridge: &str, subnet: &str, tasks: &[&str]) -> Self {
+        Self { bridge: bridge.into(), subnet: subnet.into(), tasks: tasks.iter().map(|t| t.to_string()).collect() }
+    }
+
+    /// `--network namespace --bridge B` and, when given, `--task-subnet S`.
+    fn flags(&self, with_subnet: bool) -> Vec<&str> {
+        let mut flags = vec!["--network", "namespace", "--bridge", &self.bridge];
+        if with_subnet {
+            flags.extend(["--task-subnet", &self.subnet]);
+        }
+        flags
+    }
+}
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        for id in &self.tasks {
+            quiet(&["ip", "netns", "del", &netns_name(id)]);
+            quiet(&["ip", "link", "del", &veth_name(id)]);
+        }
+        quiet(&["ip", "link", "del", &self.bridge]);
+        quiet(&["nft", "delete", "table", "ip", &format!("shoal-agent-{}", self.bridge)]);
+    }
+}
+
+/// Runs a command, ignoring its outcome; true when it succeeded.
+fn quiet(argv: &[&str]) -> bool {
+    Command::new(argv[0]).args(&argv[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn link_exists(name: &str) -> bool {
+    quiet(&["ip", "link", "show", "dev", name])
+}
+
+fn netns_exists(id: &str) -> bool {
+    Path::new("/run/netns").join(netns_name(id)).exists()
+}
+
+/// Task ids unique to this test process, so concurrent runs never share a namespace.
+fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// The address of a task observed in its own namespace.
+fn namespace_address(observation: &TaskObservation) -> Ipv4Addr {
+    assert_eq!(observation.spec.network, TaskNetwork::Namespace, "{observation:?}");
+    let [address] = observation.spec.addresses.as_slice() else { panic!("one address expected: {observation:?}") };
+    address.split_once('/').and_then(|(ip, _)| ip.parse().ok()).unwrap_or_else(|| panic!("not a CIDR address: {address}"))
+}
+
+/// The demo's JSON answer on port 80 of `address`.
+async fn answer_on_port_80(agent: &AgentUnderTest, address: Ipv4Addr) -> serde_json::Value {
+    let body = eventually(agent, Duration::from_secs(10), &format!("{address}:80 to answer"), async || http_get(SocketAddr::from((address, 80)))).await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_node_each_listen_on_port_80_in_a_namespace_of_their_own() {
+    assert_root();
+    let ids = [unique("ns-a"), unique("ns-b")];
+    let network = NetworkGuard::new("shtest1", "10.201.1.0/24", &[&ids[0], &ids[1]]);
+    let server = StoreUnderTest::embedded();
+    let store = client(&server).await;
+    let mut agent = AgentUnderTest::start_with(&server, "node-ns", &network.flags(true));
+
+    for id in &ids {
+        store.create(demo_task(id, "node-ns", "shoal/demo:1.0", &[("DEMO_LISTEN", "0.0.0.0:80")])).await.unwrap();
+    }
+    let mut running = Vec::new();
+    for id in &ids {
+        let observation = observation_in(&store, &agent, id, TaskState::Running).await;
+        running.push((namespace_address(&observation), observation.spec.pid.expect("a pid")));
+    }
+    let mut addresses: Vec<Ipv4Addr> = running.iter().map(|(a, _)| *a).collect();
+    addresses.sort();
+    assert_eq!(addresses, [Ipv4Addr::new(10, 201, 1, 2), Ipv4Addr::new(10, 201, 1, 3)], "the lowest free addresses after the gateway");
+    for (id, (address, _)) in ids.iter().zip(&running) {
+        assert_eq!(answer_on_port_80(&agent, *address).await["task"].as_str(), Some(id.as_str()), "{address} answers as its own task");
+        assert!(netns_exists(id) && link_exists(&veth_name(id)));
+    }
+    assert!(link_exists("shtest1"));
+
+    // kill -9 and restart: nothing recreated or renumbered, nothing restarted.
+    agent.kill();
+    agent.spawn();
+    eventually(&agent, Duration::from_secs(10), "a new heartbeat", async || heartbeat_exists(&store, "node-ns").await.then_some(())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (id, (address, pid)) in ids.iter().zip(&running) {
+        let readopted = observation_in(&store, &agent, id, TaskState::Running).await;
+        assert_eq!((namespace_address(&readopted), readopted.spec.pid), (*address, Some(*pid)), "task {id} after the restart");
+        assert!(alive(*pid));
+        assert_eq!(answer_on_port_80(&agent, *address).await["task"].as_str(), Some(id.as_str()));
+    }
+
+    // Shut down and remove the first task: its namespace and veth go, the other keeps answering.
+    let mut task = store.require::<Task>(&ids[0]).await.unwrap();
+    task.spec.desired_state = TaskState::Shutdown;
+    store.update(task).await.unwrap();
+    observation_in(&store, &agent, &ids[0], TaskState::Shutdown).await;
+    store.delete::<Task>(&ids[0], None).await.unwrap();
+    eventually(&agent, Duration::from_secs(10), "the first task's namespace and veth to be gone", async || {
+        (!netns_exists(&ids[0]) && !link_exists(&veth_name(&ids[0]))).then_some(())
+    })
+    .await;
+    assert_eq!(answer_on_port_80(&agent, running[1].0).await["task"].as_str(), Some(ids[1].as_str()));
+
+    // A graceful stop keeps the bridge while a task holds an address on it…
+    agent.stop();
+    assert!(link_exists("shtest1"), "the bridge went while a task still runs on it");
+    assert!(alive(running[1].1));
+    // …and removes it, with the nftables table, once none does.
+    agent.spawn();
+    store.delete::<Task>(&ids[1], None).await.unwrap();
+    eventually(&agent, Duration::from_secs(15), "the second task to be removed", async || {
+        let removed = store.get::<TaskObservation>(&ids[1]).await.ok()?.is_none() && !agent.data_dir().join("tasks").join(&ids[1]).exists();
+        (removed && !netns_exists(&ids[1])).then_some(())
+    })
+    .await;
+    agent.stop();
+    assert!(!link_exists("shtest1"), "the bridge outlived the last task and the agent:\n{}", agent.log());
+    assert!(!quiet(&["nft", "list", "table", "ip", "shoal-agent-shtest1"]), "the nftables table outlived the agent");
+    assert!(!agent.log().contains("WARN"), "teardown warned:\n{}", agent.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_takes_task_addresses_from_the_subnet_the_controllers_give_its_node() {
+    assert_root();
+    let id = unique("ns-c");
+    let network = NetworkGuard::new("shtest2", "10.201.2.0/24", &[&id]);
+    let server = StoreUnderTest::embedded();
+    let store = client(&server).await;
+    let agent = AgentUnderTest::start_with(&server, "node-subnet", &network.flags(false));
+
+    // What the controllers' node loop does: write status.taskSubnet.
+    let mut node = eventually(&agent, Duration::from_secs(10), "the Node", async || store.get::<Node>("node-subnet").await.ok().flatten()).await;
+    loop {
+        node.status.get_or_insert_with(Default::default).task_subnet = Some(network.subnet.clone());
+        match store.update(node.clone()).await {
+            Ok(_) => break,
+            Err(err) if err.is_conflict() => node = store.require::<Node>("node-subnet").await.unwrap(),
+            Err(err) => panic!("writing the node's taskSubnet: {err}"),
+        }
+    }
+    eventually(&agent, Duration::from_secs(10), "the bridge", async || link_exists("shtest2").then_some(())).await;
+
+    store.create(demo_task(&id, "node-subnet", "shoal/demo:1.0", &[("DEMO_LISTEN", "0.0.0.0:80")])).await.unwrap();
+    let observation = observation_in(&store, &agent, &id, TaskState::Running).await;
+    let address = namespace_address(&observation);
+    assert_eq!(address, Ipv4Addr::new(10, 201, 2, 2));
+    assert_eq!(answer_on_port_80(&agent, address).await["task"].as_str(), Some(id.as_str()));
 }

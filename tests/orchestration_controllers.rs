@@ -15,7 +15,10 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use shoal_crd::{Availability, Node, NodeSpec, NodeState, NodeStatus, Platform, Service, ServiceSpec, Task, TaskState};
+use shoal_crd::{
+    Availability, Node, NodeSpec, NodeState, NodeStatus, Platform, RestartCondition, RestartPolicy, Service, ServiceMode,
+    ServiceSpec, Task, TaskObservation, TaskObservationSpec, TaskState, TaskStatus,
+};
 use shoal_store::client::election::leader;
 use shoal_store::client::lease::Lease;
 use shoal_store::client::{Store, StoreConfig};
@@ -51,6 +54,7 @@ impl Cluster {
         let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .args(["controller", "--etcd-endpoints", &self.store.endpoint(), "--identity", identity, "--lease-ttl", &TTL.to_string()])
             .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
@@ -151,6 +155,15 @@ impl Cluster {
         }
     }
 
+    /// Waits until the controller has marked `name` ready.
+    async fn until_ready(&self, name: &str) {
+        let deadline = Instant::now() + CONVERGE;
+        while self.node_state(name).await != NodeState::Ready {
+            assert!(Instant::now() < deadline, "{name} never became ready\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     async fn node_state(&self, name: &str) -> NodeState {
         self.client.require::<Node>(name).await.unwrap().status.unwrap_or_default().state
     }
@@ -192,6 +205,9 @@ async fn three_nodes(store: StoreUnderTest) -> Cluster {
     for (name, zone) in [("n1", "a"), ("n2", "b"), ("n3", "b")] {
         cluster.node(name, &[("zone", zone)]).await;
     }
+    for name in ["n1", "n2", "n3"] {
+        cluster.until_ready(name).await;
+    }
     cluster
 }
 
@@ -213,8 +229,15 @@ async fn ten_replicas_spread_four_three_three_and_scaling_down_stops_the_highest
         let running = task.spec.desired_state == TaskState::Running;
         assert_eq!(running, task.spec.slot.unwrap() <= 4, "{}", describe(task));
     }
-    let service = cluster.client.require::<Service>("web").await.unwrap();
-    assert_eq!(service.status.unwrap_or_default().desired_replicas, 4);
+    let deadline = Instant::now() + CONVERGE;
+    loop {
+        let status = cluster.client.require::<Service>("web").await.unwrap().status.unwrap_or_default();
+        if status.desired_replicas == 4 && status.observed_generation == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "service status never caught up: {status:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn a_drained_node_loses_its_tasks_to_the_others(store: StoreUnderTest) {
@@ -236,14 +259,10 @@ async fn a_node_whose_heartbeat_goes_is_down_and_its_tasks_move_and_stay_stopped
     cluster.kill_heartbeat("n2").await;
     cluster.until("web", "n2's tasks replaced", |t| all_assigned(t, 6) && !per_node(t).contains_key("n2")).await;
     assert!(revoked.elapsed() < Duration::from_secs(5), "replaced within {:?}", revoked.elapsed());
-    assert_eq!(cluster.node_state("n2").await, NodeState::Down);
+    assert_eq!(cluster.node_state("n2").await, NodeState::Down, "{}", cluster.logs());
 
     cluster.heartbeat("n2").await;
-    let deadline = Instant::now() + CONVERGE;
-    while cluster.node_state("n2").await != NodeState::Ready {
-        assert!(Instant::now() < deadline, "n2 never ready again\n{}", cluster.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster.until_ready("n2").await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let live = cluster.live("web").await;
     assert_eq!(live.len(), 6, "no slot got a second task: {:?}", live.iter().map(describe).collect::<Vec<_>>());
@@ -268,6 +287,7 @@ async fn constraints_hold_and_unplaceable_tasks_say_why(store: StoreUnderTest) {
     // A node that matches arrives: the pending tasks are placed on it.
     let mut cluster = cluster;
     cluster.node("n4", &[("zone", "c")]).await;
+    cluster.until_ready("n4").await;
     let tasks = cluster.until("nowhere", "placed on n4", |t| all_assigned(t, 2)).await;
     assert_eq!(per_node(&tasks), BTreeMap::from([("n4".to_string(), 2)]));
 }
@@ -277,6 +297,7 @@ async fn of_two_controllers_only_the_leader_acts_and_a_standby_takes_over(store:
     cluster.controller("c1");
     cluster.controller("c2");
     cluster.node("n1", &[]).await;
+    cluster.until_ready("n1").await;
     cluster.service("web", 3, &[]).await;
     cluster.until("web", "3 tasks assigned", |t| all_assigned(t, 3)).await;
     let first = leader(&cluster.client, "controllers").await.unwrap().expect("a leader");
@@ -288,6 +309,105 @@ async fn of_two_controllers_only_the_leader_acts_and_a_standby_takes_over(store:
     cluster.edit::<Service>("web", |s| s.spec.replicas = Some(5)).await;
     cluster.until("web", "the standby scales up", |t| all_assigned(t, 5)).await;
     assert_eq!(leader(&cluster.client, "controllers").await.unwrap().as_deref(), Some(standby));
+}
+
+/// Fixture standing in for the agent of the task's node: reports `state`.
+async fn observe(cluster: &Cluster, task: &Task, state: TaskState, exit_code: Option<i32>) {
+    let spec = TaskObservationSpec {
+        node_id: task.spec.node_id.clone().unwrap_or_default(),
+        task_uid: task.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let mut observation = TaskObservation::new(task.metadata.name.clone(), spec);
+    observation.status = Some(TaskStatus { state, exit_code, timestamp: Some(chrono::Utc::now()), ..Default::default() });
+    match cluster.client.get::<TaskObservation>(&task.metadata.name).await.unwrap() {
+        Some(current) => {
+            observation.metadata = current.metadata;
+            cluster.client.update(observation).await.expect("observation update");
+        }
+        None => {
+            cluster.client.create(observation).await.expect("observation create");
+        }
+    }
+}
+
+async fn a_failed_task_is_restarted_after_the_delay_until_max_attempts(store: StoreUnderTest) {
+    let cluster = three_nodes(store).await;
+    let mut spec = ServiceSpec::from_image("demo");
+    spec.replicas = Some(1);
+    spec.restart_policy = RestartPolicy {
+        condition: RestartCondition::OnFailure,
+        delay: shoal_crd::Duration::from_secs(1),
+        max_attempts: 1,
+        window: shoal_crd::Duration::default(),
+    };
+    cluster.client.create(Service::new("crashy", spec)).await.unwrap();
+    let first = cluster.until("crashy", "1 task assigned", |t| all_assigned(t, 1)).await.remove(0);
+    observe(&cluster, &first, TaskState::Running, None).await;
+    observe(&cluster, &first, TaskState::Failed, Some(1)).await;
+    let failed_at = Instant::now();
+    let tasks = cluster.until("crashy", "a successor for slot 1", |t| t.len() == 2 && all_assigned(t, 1)).await;
+    let waited = failed_at.elapsed();
+    assert!(waited >= Duration::from_millis(900), "restarted after {waited:?}, before the 1 s delay");
+    let second = tasks.iter().find(|t| t.metadata.name != first.metadata.name).unwrap().clone();
+    assert_eq!(second.spec.slot, Some(1));
+    let old = tasks.iter().find(|t| t.metadata.name == first.metadata.name).unwrap();
+    assert_eq!(old.spec.desired_state, TaskState::Shutdown, "the failed task is told to stop");
+
+    // The successor fails too: max attempts (1) reached, no third task.
+    observe(&cluster, &second, TaskState::Failed, Some(1)).await;
+    cluster.until("crashy", "slot 1 given up", |t| t.iter().all(|t| t.spec.desired_state == TaskState::Shutdown)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(cluster.tasks("crashy").await.len(), 2, "no restart beyond max attempts\n{}", cluster.logs());
+}
+
+async fn a_global_service_follows_nodes_joining_and_leaving(store: StoreUnderTest) {
+    let mut cluster = three_nodes(store).await;
+    let mut spec = ServiceSpec::from_image("demo");
+    spec.mode = ServiceMode::Global;
+    cluster.client.create(Service::new("mon", spec)).await.unwrap();
+    let one_each = |nodes: &[&str]| {
+        let nodes: BTreeMap<String, usize> = nodes.iter().map(|n| (n.to_string(), 1)).collect();
+        move |t: &[Task]| per_node(t) == nodes
+    };
+    cluster.until("mon", "one task per node", one_each(&["n1", "n2", "n3"])).await;
+    cluster.node("n4", &[]).await;
+    cluster.until("mon", "a task on the new node", one_each(&["n1", "n2", "n3", "n4"])).await;
+    cluster.kill_heartbeat("n1").await;
+    cluster.until("mon", "n1's task stopped", one_each(&["n2", "n3", "n4"])).await;
+}
+
+async fn a_removed_services_tasks_are_stopped_then_deleted(store: StoreUnderTest) {
+    let cluster = three_nodes(store).await;
+    cluster.service("web", 3, &[]).await;
+    cluster.service("stuck", 1, &["node.labels.zone==nowhere"]).await;
+    let tasks = cluster.until("web", "3 tasks assigned", |t| all_assigned(t, 3)).await;
+    cluster.until("stuck", "a pending task", |t| t.len() == 1).await;
+    cluster.client.delete::<Service>("web", None).await.unwrap();
+    cluster.client.delete::<Service>("stuck", None).await.unwrap();
+    cluster.until("stuck", "the never-placed task deleted at once", |t| t.is_empty()).await;
+    cluster.until("web", "all told to stop", |t| t.len() == 3 && t.iter().all(|t| t.spec.desired_state == TaskState::Shutdown)).await;
+    for task in &tasks {
+        observe(&cluster, task, TaskState::Shutdown, None).await;
+    }
+    cluster.until("web", "all deleted once stopped", |t| t.is_empty()).await;
+}
+
+async fn a_new_leader_trusts_heartbeats_over_a_stale_down_state(store: StoreUnderTest) {
+    let mut cluster = three_nodes(store).await;
+    cluster.service("web", 3, &[]).await;
+    let before = cluster.until("web", "3 tasks assigned", |t| all_assigned(t, 3)).await;
+    cluster.kill_controller("c1");
+    // While nobody leads, n1's stored state goes stale: down, though its
+    // heartbeat is alive (say its agent came back in the meantime).
+    cluster.edit::<Node>("n1", |n| n.status.as_mut().unwrap().state = NodeState::Down).await;
+    cluster.controller("c2");
+    cluster.until_ready("n1").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = cluster.tasks("web").await;
+    let names = |tasks: &[Task]| tasks.iter().map(|t| t.metadata.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&after), names(&before), "no task was replaced:\n{}", cluster.logs());
+    assert!(after.iter().all(|t| t.spec.desired_state == TaskState::Running));
 }
 
 /// Runs each scenario against the embedded store and against etcd.
@@ -310,4 +430,8 @@ on_both_backends!(
     a_node_whose_heartbeat_goes_is_down_and_its_tasks_move_and_stay_stopped_when_it_returns,
     constraints_hold_and_unplaceable_tasks_say_why,
     of_two_controllers_only_the_leader_acts_and_a_standby_takes_over,
+    a_failed_task_is_restarted_after_the_delay_until_max_attempts,
+    a_global_service_follows_nodes_joining_and_leaving,
+    a_removed_services_tasks_are_stopped_then_deleted,
+    a_new_leader_trusts_heartbeats_over_a_stale_down_state,
 );

@@ -7,24 +7,19 @@ mod support;
 
 use std::time::Duration;
 
-use futures::channel::mpsc;
 use futures::StreamExt;
 use shoal_store::proto::{
     compare::{CompareResult, CompareTarget, TargetUnion},
-    kv_client::KvClient,
-    lease_client::LeaseClient,
     range_request::{SortOrder, SortTarget},
-    request_op::Request as Op,
     response_op::Response as OpResponse,
-    watch_client::WatchClient,
     watch_create_request::FilterType,
     watch_request::RequestUnion,
-    Compare, CompactionRequest, DeleteRangeRequest, EventType, LeaseGrantRequest,
-    LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest,
-    RangeResponse, RequestOp, TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest,
-    WatchProgressRequest, WatchRequest, WatchResponse,
+    CompactionRequest, DeleteRangeRequest, EventType, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, TxnRequest,
+    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest,
 };
-use shoal_store::server::tonic::{transport::Channel, Code, Streaming};
+use shoal_store::server::tonic::Code;
+use support::grpc::{b, compare, connect, get_op, key_of, prefix_end, put_op, WAIT};
 use support::StoreUnderTest;
 
 macro_rules! conformance {
@@ -58,127 +53,10 @@ conformance!(
     cancelled_watch_gets_no_more_events,
     watch_on_a_compacted_revision_is_cancelled,
     progress_request_reports_a_delivered_revision,
+    slow_watcher_catches_up_without_gaps,
     lease_grant_keepalive_ttl_and_revoke_deletes_keys,
     expired_lease_deletes_its_keys,
 );
-
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Clients {
-    kv: KvClient<Channel>,
-    watch: WatchClient<Channel>,
-    lease: LeaseClient<Channel>,
-}
-
-async fn connect(store: &StoreUnderTest) -> Clients {
-    let channel = Channel::from_shared(store.endpoint()).unwrap().connect().await.expect("connecting");
-    Clients {
-        kv: KvClient::new(channel.clone()),
-        watch: WatchClient::new(channel.clone()),
-        lease: LeaseClient::new(channel),
-    }
-}
-
-fn b(s: &str) -> Vec<u8> {
-    s.as_bytes().to_vec()
-}
-
-/// The end of the range of every key starting with `prefix`.
-fn prefix_end(prefix: &str) -> Vec<u8> {
-    let mut end = b(prefix);
-    *end.last_mut().unwrap() += 1;
-    end
-}
-
-impl Clients {
-    async fn put(&mut self, key: &str, value: &str) -> i64 {
-        let req = PutRequest { key: b(key), value: b(value), ..Default::default() };
-        self.kv.put(req).await.expect("put").into_inner().header.unwrap().revision
-    }
-
-    async fn range(&mut self, req: RangeRequest) -> RangeResponse {
-        self.kv.range(req).await.expect("range").into_inner()
-    }
-
-    async fn get(&mut self, key: &str) -> RangeResponse {
-        self.range(RangeRequest { key: b(key), ..Default::default() }).await
-    }
-
-    async fn revision(&mut self) -> i64 {
-        self.get("any").await.header.unwrap().revision
-    }
-
-    async fn txn(&mut self, req: TxnRequest) -> TxnResponse {
-        self.kv.txn(req).await.expect("txn").into_inner()
-    }
-
-    async fn watch(&mut self) -> WatchSession {
-        let (tx, rx) = mpsc::unbounded();
-        let stream = self.watch.watch(rx).await.expect("watch").into_inner();
-        WatchSession { tx, stream }
-    }
-}
-
-fn put_op(key: &str, value: &str) -> RequestOp {
-    RequestOp { request: Some(Op::RequestPut(PutRequest { key: b(key), value: b(value), ..Default::default() })) }
-}
-
-fn get_op(key: &str) -> RequestOp {
-    RequestOp { request: Some(Op::RequestRange(RangeRequest { key: b(key), ..Default::default() })) }
-}
-
-fn compare(key: &str, target: CompareTarget, result: CompareResult, union: TargetUnion) -> Compare {
-    Compare { key: b(key), target: target as i32, result: result as i32, target_union: Some(union), range_end: vec![] }
-}
-
-struct WatchSession {
-    tx: mpsc::UnboundedSender<WatchRequest>,
-    stream: Streaming<WatchResponse>,
-}
-
-impl WatchSession {
-    fn send(&self, request: RequestUnion) {
-        self.tx.unbounded_send(WatchRequest { request_union: Some(request) }).expect("watch stream open");
-    }
-
-    /// Creates a watcher and returns its id from the `created` response.
-    async fn create(&mut self, req: WatchCreateRequest) -> i64 {
-        self.send(RequestUnion::CreateRequest(req));
-        let resp = self.next().await;
-        assert!(resp.created, "expected a created response, got {resp:?}");
-        resp.watch_id
-    }
-
-    async fn next(&mut self) -> WatchResponse {
-        tokio::time::timeout(WAIT, self.stream.next())
-            .await
-            .expect("no watch response in time")
-            .expect("watch stream ended")
-            .expect("watch stream failed")
-    }
-
-    /// Collects responses until `n` events arrived (or fails after WAIT).
-    async fn events(&mut self, n: usize) -> Vec<(i64, shoal_store::proto::Event)> {
-        let mut out = Vec::new();
-        while out.len() < n {
-            let resp = self.next().await;
-            assert!(!resp.canceled, "watch cancelled: {resp:?}");
-            for e in resp.events {
-                out.push((resp.watch_id, e));
-            }
-        }
-        out
-    }
-
-    /// Whether anything arrives within `d`.
-    async fn quiet_for(&mut self, d: Duration) -> bool {
-        tokio::time::timeout(d, self.stream.next()).await.is_err()
-    }
-}
-
-fn key_of(e: &shoal_store::proto::Event) -> String {
-    String::from_utf8_lossy(&e.kv.as_ref().unwrap().key).into_owned()
-}
 
 // ---------------------------------------------------------------- KV
 
@@ -186,7 +64,9 @@ async fn put_then_get_tracks_versions_and_revisions(store: &StoreUnderTest) {
     let mut c = connect(store).await;
     let r1 = c.put("a", "1").await;
     let got = c.get("a").await;
-    assert_eq!(got.header.unwrap().revision, r1);
+    let header = got.header.unwrap();
+    assert_eq!(header.revision, r1);
+    assert!(header.cluster_id != 0 && header.member_id != 0 && header.raft_term >= 1, "{header:?}");
     let kv = &got.kvs[0];
     assert_eq!((kv.value.as_slice(), kv.create_revision, kv.mod_revision, kv.version), (&b"1"[..], r1, r1, 1));
     let r2 = c.put("a", "2").await;
@@ -396,7 +276,7 @@ async fn watch_from_a_past_revision_replays_history(store: &StoreUnderTest) {
     let r1 = c.put("h/a", "1").await;
     c.put("h/b", "1").await;
     c.kv.delete_range(DeleteRangeRequest { key: b("h/a"), ..Default::default() }).await.unwrap();
-    let mut w = c.watch().await;
+    let mut w = c.watch();
     w.create(WatchCreateRequest { key: b("h/"), range_end: prefix_end("h/"), start_revision: r1, ..Default::default() }).await;
     let events = w.events(3).await;
     let seen: Vec<_> = events.iter().map(|(_, e)| (key_of(e), e.r#type, e.kv.as_ref().unwrap().mod_revision)).collect();
@@ -410,7 +290,7 @@ async fn watch_from_a_past_revision_replays_history(store: &StoreUnderTest) {
 
 async fn watch_prefix_streams_live_events_in_order(store: &StoreUnderTest) {
     let mut c = connect(store).await;
-    let mut w = c.watch().await;
+    let mut w = c.watch();
     let id = w.create(WatchCreateRequest { key: b("live/"), range_end: prefix_end("live/"), ..Default::default() }).await;
     let first = c.put("live/0", "v").await;
     c.put("elsewhere", "v").await;
@@ -430,7 +310,7 @@ async fn watch_prefix_streams_live_events_in_order(store: &StoreUnderTest) {
 
 async fn watch_with_prev_kv_and_noput_filter(store: &StoreUnderTest) {
     let mut c = connect(store).await;
-    let mut w = c.watch().await;
+    let mut w = c.watch();
     let all = w.create(WatchCreateRequest { key: b("pk"), prev_kv: true, ..Default::default() }).await;
     let deletes = w
         .create(WatchCreateRequest { key: b("pk"), filters: vec![FilterType::Noput as i32], watch_id: 77, ..Default::default() })
@@ -453,7 +333,7 @@ async fn watch_with_prev_kv_and_noput_filter(store: &StoreUnderTest) {
 
 async fn cancelled_watch_gets_no_more_events(store: &StoreUnderTest) {
     let mut c = connect(store).await;
-    let mut w = c.watch().await;
+    let mut w = c.watch();
     let id = w.create(WatchCreateRequest { key: b("cw"), ..Default::default() }).await;
     c.put("cw", "1").await;
     assert_eq!(w.events(1).await.len(), 1);
@@ -471,7 +351,7 @@ async fn watch_on_a_compacted_revision_is_cancelled(store: &StoreUnderTest) {
     let r2 = c.put("cmp", "2").await;
     c.put("cmp", "3").await;
     c.kv.compact(CompactionRequest { revision: r2, physical: true }).await.unwrap();
-    let mut w = c.watch().await;
+    let mut w = c.watch();
     w.send(RequestUnion::CreateRequest(WatchCreateRequest { key: b("cmp"), start_revision: r1, ..Default::default() }));
     let mut resp = w.next().await;
     if resp.created && !resp.canceled {
@@ -484,7 +364,7 @@ async fn watch_on_a_compacted_revision_is_cancelled(store: &StoreUnderTest) {
 
 async fn progress_request_reports_a_delivered_revision(store: &StoreUnderTest) {
     let mut c = connect(store).await;
-    let mut w = c.watch().await;
+    let mut w = c.watch();
     w.create(WatchCreateRequest { key: b("pr"), ..Default::default() }).await;
     c.put("pr", "1").await;
     let r = c.put("other", "1").await;
@@ -493,6 +373,50 @@ async fn progress_request_reports_a_delivered_revision(store: &StoreUnderTest) {
     let resp = w.next().await;
     assert!(resp.events.is_empty() && !resp.created && !resp.canceled, "got {resp:?}");
     assert_eq!(resp.header.unwrap().revision, r);
+}
+
+async fn slow_watcher_catches_up_without_gaps(store: &StoreUnderTest) {
+    let mut c = connect(store).await;
+    let mut w = c.watch();
+    w.create(WatchCreateRequest { key: b("slow/"), range_end: prefix_end("slow/"), ..Default::default() }).await;
+    // The watcher reads nothing while 2000 puts of 8 KiB go by: far more than
+    // any buffer between the writer and this client holds, so the embedded
+    // store's stream overruns its feed and replays from history.
+    let n = 2000;
+    let value = "v".repeat(8192);
+    let revs: Vec<i64> = futures::stream::iter(0..n)
+        .map(|i| {
+            let (mut kv, value) = (c.kv.clone(), value.clone());
+            async move {
+                let req = PutRequest { key: b(&format!("slow/{i:05}")), value: b(&value), ..Default::default() };
+                kv.put(req).await.expect("put while a watcher lags").into_inner().header.unwrap().revision
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let (first, last) = (*revs.iter().min().unwrap(), *revs.iter().max().unwrap());
+    assert_eq!(last - first + 1, n as i64, "writers were not held up into gaps");
+    let events = w.events(n).await;
+    let seen: Vec<i64> = events.iter().map(|(_, e)| e.kv.as_ref().unwrap().mod_revision).collect();
+    assert_eq!(seen, (first..=last).collect::<Vec<_>>(), "every revision once, in order");
+}
+
+/// Embedded only: etcd's interval is a server flag; ours comes from the
+/// environment (`SHOAL_STORE_PROGRESS_NOTIFY_INTERVAL`).
+#[tokio::test]
+async fn progress_notify_arrives_at_the_configured_interval() {
+    let store = StoreUnderTest::embedded_with_env(&[("SHOAL_STORE_PROGRESS_NOTIFY_INTERVAL", "300ms")]);
+    let mut c = connect(&store).await;
+    let r = c.put("pn", "1").await;
+    let mut w = c.watch();
+    let id = w.create(WatchCreateRequest { key: b("pn"), progress_notify: true, ..Default::default() }).await;
+    let started = tokio::time::Instant::now();
+    let notify = w.next().await;
+    assert!(started.elapsed() < Duration::from_secs(3), "progress notify took {:?}", started.elapsed());
+    assert_eq!(notify.watch_id, id);
+    assert!(notify.events.is_empty() && !notify.canceled);
+    assert_eq!(notify.header.unwrap().revision, r);
 }
 
 // ---------------------------------------------------------------- Lease
@@ -507,15 +431,17 @@ async fn lease_grant_keepalive_ttl_and_revoke_deletes_keys(store: &StoreUnderTes
         c.kv.put(PutRequest { key: b(k), value: b("v"), lease: id, ..Default::default() }).await.unwrap();
     }
     assert_eq!(c.get("ls/a").await.kvs[0].lease, id);
-    let (tx, rx) = mpsc::unbounded();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tx.unbounded_send(LeaseKeepAliveRequest { id }).unwrap(); // before the call: etcd answers headers with data
     let mut keepalive = c.lease.lease_keep_alive(rx).await.unwrap().into_inner();
-    tx.unbounded_send(LeaseKeepAliveRequest { id }).unwrap();
     let ka = tokio::time::timeout(WAIT, keepalive.next()).await.unwrap().unwrap().unwrap();
     assert_eq!((ka.id, ka.ttl), (id, 60));
     let ttl = c.lease.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true }).await.unwrap().into_inner();
     assert_eq!(ttl.granted_ttl, 60);
     assert!(ttl.ttl > 50 && ttl.ttl <= 60, "remaining {}", ttl.ttl);
-    assert_eq!(ttl.keys, vec![b("ls/a"), b("ls/b")]);
+    let mut keys = ttl.keys.clone();
+    keys.sort(); // etcd lists them in no particular order
+    assert_eq!(keys, vec![b("ls/a"), b("ls/b")]);
     let before = c.revision().await;
     let revoked = c.lease.lease_revoke(LeaseRevokeRequest { id }).await.unwrap().into_inner();
     assert_eq!(revoked.header.unwrap().revision, before + 1, "both keys go in one revision");
@@ -536,7 +462,7 @@ async fn expired_lease_deletes_its_keys(store: &StoreUnderTest) {
     c.kv.put(PutRequest { key: b("ex/a"), value: b("v"), lease: id, ..Default::default() }).await.unwrap();
     c.kv.put(PutRequest { key: b("ex/b"), value: b("v"), lease: id, ..Default::default() }).await.unwrap();
     let r = c.put("ex/stays", "v").await;
-    let mut w = c.watch().await;
+    let mut w = c.watch();
     w.create(WatchCreateRequest { key: b("ex/"), range_end: prefix_end("ex/"), ..Default::default() }).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     while c.range(RangeRequest { key: b("ex/"), range_end: prefix_end("ex/"), ..Default::default() }).await.count > 1 {

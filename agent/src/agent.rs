@@ -4,13 +4,18 @@
 //! Tasks are matched by `spec.nodeId` equal to the node's name (or its
 //! uid). The Task cache holds every task of the cluster: etcd cannot filter
 //! a watch by value, so the filter is applied here.
+//!
+//! With namespace networking the bridge comes up as soon as the task subnet
+//! is known (`--task-subnet`, else the Node's `status.taskSubnet`, looked
+//! for on every resync until it appears); tasks prepared before that use the
+//! host network.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_crd::{heartbeat_key, Task};
+use shoal_crd::{heartbeat_key, Node, Task, TaskNetwork};
 use shoal_store::client::reflector::reflector;
 use shoal_store::client::{Store, StoreError};
 use tokio::task::JoinHandle;
@@ -18,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::config::AgentConfig;
 use crate::heartbeat::{heartbeat_value, Heartbeat, HeartbeatConfig};
 use crate::launch::LaunchDefaults;
+use crate::network::{Bridge, NetworkMode};
 use crate::node::{register, NodeFacts};
 use crate::runtime::{ProcessRuntime, Runtime};
 use crate::worker::{self, Context, TaskSlot};
@@ -68,6 +74,10 @@ pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output
     });
     let (mut tasks, reflector_task) = reflector::<Task>(store.clone());
     tasks.wait_until_ready().await;
+    let mut bridge_settled = config.network == NetworkMode::Host;
+    if !bridge_settled {
+        bridge_settled = attach_bridge(&store, &config, &ctx.runtime).await;
+    }
     let mut workers = Workers { ctx: ctx.clone(), running: HashMap::new() };
     let held = ctx.runtime.list().unwrap_or_else(|err| {
         tracing::warn!(error = %err, "cannot list task directories");
@@ -87,6 +97,9 @@ pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output
     }
     tokio::pin!(shutdown);
     loop {
+        if !bridge_settled {
+            bridge_settled = attach_bridge(&store, &config, &ctx.runtime).await;
+        }
         workers.sync(mine(&tasks.list()));
         tokio::select! {
             _ = tasks.changed() => {}
@@ -97,8 +110,62 @@ pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output
     reflector_task.abort();
     workers.abort();
     heartbeat.stop().await;
+    if let Some(bridge) = ctx.runtime.bridge() {
+        remove_bridge_if_unused(bridge, &ctx.runtime);
+    }
     tracing::info!(node = %config.name, "agent stopped; tasks keep running");
     Ok(())
+}
+
+/// Brings the bridge up on the task subnet and hands it to the runtime.
+/// True once settled: attached, or failed for good (tasks then use the host
+/// network, and the log says why); false while the subnet is unknown.
+async fn attach_bridge(store: &Store, config: &AgentConfig, runtime: &ProcessRuntime) -> bool {
+    let subnet = match config.task_subnet {
+        Some(subnet) => subnet,
+        None => {
+            let Ok(Some(node)) = store.get::<Node>(&config.name).await else { return false };
+            let Some(text) = node.status.and_then(|s| s.task_subnet) else { return false };
+            match text.parse() {
+                Ok(subnet) => subnet,
+                Err(err) => {
+                    tracing::error!(subnet = %text, error = %err, "the Node's taskSubnet is not a CIDR; tasks use the host network");
+                    return true;
+                }
+            }
+        }
+    };
+    let bridge = match Bridge::new(&config.bridge, subnet) {
+        Ok(bridge) => bridge,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot use the task bridge; tasks use the host network");
+            return true;
+        }
+    };
+    let up = bridge.clone();
+    match tokio::task::spawn_blocking(move || up.up()).await {
+        Ok(Ok(())) => {
+            tracing::info!(bridge = %bridge.name(), subnet = %subnet, gateway = %bridge.gateway(), "task bridge up: each task gets its own network namespace");
+            runtime.use_bridge(bridge);
+        }
+        Ok(Err(err)) => tracing::error!(bridge = %bridge.name(), error = %err, "cannot set up the task bridge; tasks use the host network"),
+        Err(err) => tracing::error!(error = %err, "setting up the task bridge panicked; tasks use the host network"),
+    }
+    true
+}
+
+/// Tears the bridge and its nftables table down unless a task still holds
+/// an address on it (it keeps running for the next agent).
+fn remove_bridge_if_unused(bridge: &Bridge, runtime: &ProcessRuntime) {
+    let in_use = runtime.list().map(|ids| ids.iter().any(|id| runtime.network(id).network == TaskNetwork::Namespace)).unwrap_or(true);
+    if in_use {
+        tracing::info!(bridge = %bridge.name(), "tasks still hold addresses: the bridge stays up");
+        return;
+    }
+    match bridge.down() {
+        Ok(()) => tracing::info!(bridge = %bridge.name(), "task bridge removed"),
+        Err(err) => tracing::warn!(bridge = %bridge.name(), error = %err, "cannot remove the task bridge"),
+    }
 }
 
 /// The workers of one agent, by task id.

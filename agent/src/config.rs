@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use ipnet::Ipv4Net;
+
 use crate::image::ImageCatalog;
+use crate::network::NetworkMode;
 
 /// An agent's settings.
 #[derive(Debug, Clone)]
@@ -25,6 +28,12 @@ pub struct AgentConfig {
     /// Log rotation: bytes per file, rotated files kept.
     pub log_max_bytes: u64,
     pub log_keep: usize,
+    /// Task networking: a namespace per task on `bridge` (root), or the host's.
+    pub network: NetworkMode,
+    /// The node's bridge for task namespaces (`shoal0`).
+    pub bridge: String,
+    /// Stands in for (and overrides) the Node's `status.taskSubnet`.
+    pub task_subnet: Option<Ipv4Net>,
 }
 
 /// Parses `k=v` labels.

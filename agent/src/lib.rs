@@ -11,6 +11,7 @@
 //! - [`image`]: image → command, the local image catalog.
 //! - [`launch`]: env, working dir and user of a task's process.
 //! - [`runtime`]: the runtime trait and the process runtime.
+//! - [`network`]: per-task network namespaces on the node's bridge (root).
 //! - [`shim`]: the per-task supervisor that outlives the agent.
 //! - [`taskdir`]: the per-task files the shim and the agent share.
 //! - [`logs`]: rotating log files.
@@ -20,8 +21,8 @@
 //! status facts only), `{prefix}/heartbeats/<name>` (lease-attached) and
 //! `{prefix}/taskobservations/<task id>`; it only reads `{prefix}/tasks/`.
 //!
-//! Not yet: per-task network namespaces (tasks share the host network and
-//! say so, `network: host`), health probes, configs/secrets, data plane, DNS.
+//! Not yet: health probes, configs/secrets, data plane, DNS, routes between
+//! nodes' task subnets.
 
 pub mod agent;
 pub mod config;
@@ -29,6 +30,7 @@ pub mod heartbeat;
 pub mod image;
 pub mod launch;
 pub mod logs;
+pub mod network;
 pub mod node;
 pub mod observation;
 pub mod runtime;

@@ -6,8 +6,10 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use shoal_crd::{Resource, TaskNetwork, TaskObservation, TaskObservationSpec, TaskState, TaskStatus};
+use shoal_crd::{Resource, TaskObservation, TaskObservationSpec, TaskState, TaskStatus};
 use shoal_store::client::{Store, StoreError};
+
+use crate::runtime::NetworkInfo;
 
 /// Wait between retries of a failed write.
 const RETRY: Duration = Duration::from_millis(500);
@@ -26,6 +28,8 @@ pub struct ObservationWriter {
     store: Store,
     name: String,
     node: String,
+    /// The task's network, reported with every state from now on.
+    network: NetworkInfo,
     current: Option<TaskObservation>,
 }
 
@@ -33,7 +37,12 @@ impl ObservationWriter {
     /// Reads the task's current observation, if any.
     pub async fn load(store: Store, task_id: &str, node: &str) -> Result<Self, StoreError> {
         let current = store.get::<TaskObservation>(task_id).await?;
-        Ok(Self { store, name: task_id.into(), node: node.into(), current })
+        Ok(Self { store, name: task_id.into(), node: node.into(), network: NetworkInfo::default(), current })
+    }
+
+    /// Sets the network the next writes report (the runtime's facts).
+    pub fn attach(&mut self, network: NetworkInfo) {
+        self.network = network;
     }
 
     /// The last written observation, if it is about the task with `task_uid`.
@@ -55,7 +64,13 @@ impl ObservationWriter {
             },
             exit_code: report.exit_code,
         };
-        let spec = TaskObservationSpec { node_id: self.node.clone(), task_uid: task_uid.into(), pid: report.pid, network: TaskNetwork::Host };
+        let spec = TaskObservationSpec {
+            node_id: self.node.clone(),
+            task_uid: task_uid.into(),
+            pid: report.pid,
+            network: self.network.network,
+            addresses: self.network.addresses.clone(),
+        };
         let mut attempt = 0u32;
         loop {
             let mut object = TaskObservation::new(self.name.clone(), spec.clone());

@@ -2,7 +2,8 @@
 //! in its own session that owns the task process, so the task outlives the
 //! agent (killed, upgraded, restarted) and the next agent can re-adopt it.
 //!
-//! It reads `launch.json`, starts the task in a process group of its own,
+//! It reads `launch.json`, enters the task's network namespace if it has
+//! one, starts the task in a process group of its own,
 //! records `pid.json`, copies stdout/stderr into rotating log files and, when
 //! the task exits, records `exit.json` and exits itself. It holds no state
 //! that the files do not: an agent re-attaches by reading them.
@@ -47,6 +48,13 @@ pub fn run(dir: PathBuf) -> Result<(), ShimError> {
     let Some((program, args)) = launch.argv.split_first() else {
         return task.write_exit(&failure("the task has no command".into())).map_err(record);
     };
+    if let Some(netns) = &launch.netns {
+        // The task is forked from this thread, so it starts inside. Not in
+        // `pre_exec`: std runs that after setuid, and setns needs root.
+        if let Err(err) = sys::enter_netns(netns) {
+            return task.write_exit(&failure(format!("cannot enter the network namespace {}: {err}", netns.display()))).map_err(record);
+        }
+    }
     let mut env = launch.env.clone();
     env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
     let mut command = Command::new(program);

@@ -1,5 +1,6 @@
 //! Thin, safe wrappers over the few system calls the process runtime needs:
-//! signals, process identity from `/proc`, who we run as.
+//! signals, process identity from `/proc`, who we run as, entering a
+//! network namespace.
 
 use std::io;
 
@@ -42,6 +43,19 @@ pub fn is_root() -> bool {
 pub fn new_session() -> io::Result<()> {
     // SAFETY: setsid(2) is async-signal-safe and touches no memory.
     if unsafe { libc::setsid() } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Moves the calling thread into the network namespace at `path`
+/// (`/run/netns/<name>`). setns(2) changes only the calling thread: a
+/// process spawned from this thread afterwards starts inside.
+pub fn enter_netns(path: &std::path::Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path)?;
+    // SAFETY: setns(2) on a valid open descriptor has no memory-safety preconditions.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -4,6 +4,8 @@
 //! `{data_dir}/tasks/<task id>/`:
 //! - `launch.json`: what to run ([`Launch`]), written by the agent before the shim starts;
 //! - `shim.pid`: the per-task supervisor's pid, written by the shim;
+//! - `network.json`: the task's namespace, veth and address
+//!   ([`NetworkRecord`]), written by the agent when it allocates the address;
 //! - `pid.json`: the task process ([`PidRecord`]), written by the shim once it runs;
 //! - `exit.json`: how it ended ([`ExitRecord`]), written by the shim;
 //! - `stdout.log`, `stderr.log` (+ rotated `.1`, `.2`, …), `shim.log`.
@@ -17,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::network::NetworkRecord;
 
 /// What the shim runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,6 +38,9 @@ pub struct Launch {
     /// Log rotation: bytes per file, rotated files kept.
     pub log_max_bytes: u64,
     pub log_keep: usize,
+    /// The network namespace to run in (`/run/netns/<name>`); the host's when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<PathBuf>,
 }
 
 /// The running task process.
@@ -108,6 +115,12 @@ impl TaskDir {
     }
     pub fn read_launch(&self) -> io::Result<Option<Launch>> {
         self.read_record("launch.json")
+    }
+    pub fn write_network(&self, network: &NetworkRecord) -> io::Result<()> {
+        self.write_record("network.json", network)
+    }
+    pub fn read_network(&self) -> io::Result<Option<NetworkRecord>> {
+        self.read_record("network.json")
     }
     pub fn write_pid(&self, pid: &PidRecord) -> io::Result<()> {
         self.write_record("pid.json", pid)

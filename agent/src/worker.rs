@@ -113,6 +113,7 @@ impl<R: Runtime> Worker<R> {
 
     /// Picks up after an earlier agent: runtime facts first, then the last observation.
     async fn recover(&mut self, task: &Task) {
+        self.observation.attach(self.ctx.runtime.network(&self.id));
         let observed = self.observation.current_for(&task.metadata.uid).and_then(|o| o.status.as_ref().map(|s| (s.state, o.spec.pid)));
         let inspection = self.ctx.runtime.inspect(&self.id).unwrap_or(Inspection::Absent);
         self.state = match (observed, inspection) {
@@ -150,7 +151,10 @@ impl<R: Runtime> Worker<R> {
             .and_then(|image| launch::build(task, image, &self.ctx.launch).map_err(|e| (TaskState::Rejected, e.to_string())))
             .and_then(|launch| self.ctx.runtime.prepare(&self.id, &launch).map_err(|e| (TaskState::Failed, e.to_string())));
         let (state, message) = match result {
-            Ok(()) => (TaskState::Preparing, "preparing".to_string()),
+            Ok(()) => {
+                self.observation.attach(self.ctx.runtime.network(&self.id));
+                (TaskState::Preparing, "preparing".to_string())
+            }
             Err(failure) => failure,
         };
         self.report(task, Report { state, message, ..Default::default() }).await;

@@ -46,6 +46,17 @@ pub enum Command {
     /// Inspect and remove services.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// List and update nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Show the controllers' decisions, one line each.
+    Events {
+        /// Keep printing new events.
+        #[arg(short = 'w', long)]
+        watch: bool,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// Create or update objects from native manifests (multi-document YAML).
     Apply {
         /// Manifest file.
@@ -117,6 +128,16 @@ pub enum StackCommand {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// List the tasks of a stack.
+    Ps {
+        /// Stack name.
+        name: String,
+        /// Do not truncate ids and errors.
+        #[arg(long)]
+        no_trunc: bool,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// Remove a stack: its services, configs and secrets.
     Rm {
         /// Stack names.
@@ -127,6 +148,24 @@ pub enum StackCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
+    /// Create a service.
+    Create(ServiceCreateArgs),
+    /// Set the number of replicas: SERVICE=N…
+    Scale {
+        #[arg(required = true, value_name = "SERVICE=REPLICAS")]
+        targets: Vec<String>,
+    },
+    /// List the tasks of services.
+    Ps {
+        /// Service names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Do not truncate ids and errors.
+        #[arg(long)]
+        no_trunc: bool,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// List services.
     Ls {
         #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
@@ -158,4 +197,59 @@ pub enum BenchCommand {
 pub enum DemoCommand {
     /// Serve the demo HTTP app (/ tells who answered, /health for probes).
     Serve(crate::commands::demo::DemoArgs),
+}
+
+/// `shoal service create`.
+#[derive(Debug, Args)]
+pub struct ServiceCreateArgs {
+    /// Service name (default: the image's name plus a random suffix).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// replicated or global.
+    #[arg(long, default_value = "replicated")]
+    pub mode: String,
+    /// Service labels (KEY=VALUE).
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub flags: crate::commands::spec_flags::SpecFlags,
+    /// Image, e.g. shoal/demo:1.0.
+    pub image: String,
+    /// Command and arguments (replace the image's command).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    Ls {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Show nodes in full.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Json)]
+        output: OutputFormat,
+    },
+    /// Change a node's availability or labels.
+    Update(NodeUpdateArgs),
+}
+
+/// `shoal node update`.
+#[derive(Debug, Args)]
+pub struct NodeUpdateArgs {
+    /// active, pause or drain.
+    #[arg(long)]
+    pub availability: Option<String>,
+    /// Add or change a label (KEY=VALUE).
+    #[arg(long)]
+    pub label_add: Vec<String>,
+    /// Remove a label.
+    #[arg(long)]
+    pub label_rm: Vec<String>,
+    /// Node name.
+    pub name: String,
 }

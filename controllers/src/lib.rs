@@ -22,6 +22,7 @@
 
 pub mod caches;
 pub mod expectations;
+pub mod ipam;
 pub mod manager;
 pub mod nodes;
 pub mod runtime;

@@ -7,7 +7,8 @@
 //!   carries the leadership fence: a deposed leader's writes fail in the
 //!   store even before it notices.
 //! - Each term starts from fresh caches (nothing from a previous term is
-//!   trusted).
+//!   trusted), and with node states settled against the heartbeats before
+//!   any loop that moves tasks starts.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -90,6 +91,14 @@ pub async fn lead(store: Store, settings: &Settings, term_over: impl Future<Outp
     let service = Arc::new(service::Context::new(store.clone(), caches.clone(), settings.task_history_limit));
     let scheduler = Arc::new(scheduler::Context::new(store.clone(), caches.clone()));
     let nodes = Arc::new(nodes::Context::new(store, caches.nodes.clone(), heartbeats));
+    let settled = async {
+        nodes::settle(&nodes).await;
+        caches.wait_until_ready().await;
+    };
+    tokio::select! {
+        _ = settled => {}
+        _ = term_over.clone() => return,
+    }
     tokio::join!(
         service::run(service, term_over.clone()),
         scheduler::run(scheduler, term_over.clone()),

@@ -2,9 +2,14 @@
 //! loopback port with a throw-away data dir — either `shoal store` or
 //! Debian's etcd — plus a helper to run `etcdctl` against it.
 //!
+//! [`grpc`] has etcd v3 API helpers (clients, watch sessions) for tests
+//! that talk gRPC directly.
+//!
 //! Dropping a [`StoreUnderTest`] kills its process (SIGKILL) and removes its
 //! data dir, also when the test panicked.
 #![allow(dead_code)] // every test crate includes this module and uses a part
+
+pub mod grpc;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

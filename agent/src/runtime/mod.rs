@@ -9,6 +9,9 @@ pub mod process;
 use std::future::Future;
 use std::time::Duration;
 
+use shoal_crd::TaskNetwork;
+
+use crate::network::NetworkError;
 use crate::taskdir::{ExitRecord, Launch, PidRecord};
 
 pub use process::ProcessRuntime;
@@ -20,6 +23,8 @@ pub enum RuntimeError {
     Prepare { id: String, #[source] source: std::io::Error },
     #[error("starting task {id}: {message}")]
     Start { id: String, message: String },
+    #[error("task {id}'s network: {source}")]
+    Network { id: String, #[source] source: NetworkError },
     #[error("reading the state of task {id}: {source}")]
     Inspect { id: String, #[source] source: std::io::Error },
     #[error("stopping task {id}: {source}")]
@@ -48,10 +53,19 @@ pub enum Started {
     Exited(ExitRecord),
 }
 
+/// The network a task's process is in, as its observation reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NetworkInfo {
+    pub network: TaskNetwork,
+    /// CIDR addresses (`10.200.3.5/24`); empty on the host network.
+    pub addresses: Vec<String>,
+}
+
 /// Makes tasks' processes exist. Every method is idempotent and keyed by
 /// the task id, so a restarted agent can pick up where the last one stopped.
 pub trait Runtime: Send + Sync + 'static {
-    /// Records what to run; nothing runs yet.
+    /// Records what to run (and, with networking, takes the task's
+    /// address); nothing runs yet.
     fn prepare(&self, id: &str, launch: &Launch) -> Result<(), RuntimeError>;
     /// Starts the prepared task and waits until its process runs or fails.
     fn start(&self, id: &str) -> impl Future<Output = Result<Started, RuntimeError>> + Send;
@@ -65,4 +79,6 @@ pub trait Runtime: Send + Sync + 'static {
     fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// Ids of every task the runtime holds something for.
     fn list(&self) -> Result<Vec<String>, RuntimeError>;
+    /// The task's network (the host's when nothing else was set up).
+    fn network(&self, id: &str) -> NetworkInfo;
 }

@@ -3,18 +3,25 @@
 //! state is in the task's directory ([`crate::taskdir`]), so another agent
 //! process can inspect, wait for and stop a task it did not start.
 //!
-//! Tasks share the host's network (no per-task namespace yet).
+//! Networking: once the agent hands it the node's [`Bridge`]
+//! ([`ProcessRuntime::use_bridge`]), `prepare` takes the task's address
+//! (the lowest free one, recorded in `network.json`), `start` creates its
+//! namespace and veth before the shim enters it, and `remove` tears them
+//! down. Without a bridge tasks share the host's network.
 //!
 //! The agent is never the task's parent, so it learns of an exit by polling
 //! `exit.json` and `/proc` (every 100 ms) rather than by `waitpid`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use shoal_crd::TaskNetwork;
 use tokio::time::{sleep, timeout, Instant};
 
-use super::{Inspection, Runtime, RuntimeError, Started};
+use super::{Inspection, NetworkInfo, Runtime, RuntimeError, Started};
+use crate::network::{task::lowest_free, Bridge, NetworkError, NetworkRecord};
 use crate::sys;
 use crate::taskdir::{self, ExitRecord, Launch, PidRecord, TaskDir};
 
@@ -31,13 +38,49 @@ pub struct ProcessRuntime {
     data_dir: PathBuf,
     /// The shim command: program and leading args; `--dir DIR` is appended.
     shim: Vec<String>,
+    /// The node's bridge, once the task subnet is known.
+    bridge: Arc<OnceLock<Bridge>>,
+    /// Held while an address is chosen and recorded, so two tasks prepared
+    /// at once never take the same one. A `std` mutex: nothing awaits under it.
+    allocating: Arc<Mutex<()>>,
 }
 
 impl ProcessRuntime {
     /// Tasks under `{data_dir}/tasks`, supervised by `shim` (e.g.
     /// `["/usr/bin/shoal", "agent", "shim"]`).
     pub fn new(data_dir: PathBuf, shim: Vec<String>) -> Self {
-        Self { data_dir, shim }
+        Self { data_dir, shim, bridge: Arc::default(), allocating: Arc::default() }
+    }
+
+    /// From now on, tasks prepared get a namespace on `bridge` (already up).
+    /// The first bridge stays: returns false if one was set before.
+    pub fn use_bridge(&self, bridge: Bridge) -> bool {
+        self.bridge.set(bridge).is_ok()
+    }
+
+    /// The bridge new tasks are attached to, if any.
+    pub fn bridge(&self) -> Option<&Bridge> {
+        self.bridge.get()
+    }
+
+    /// The task's network record: the one it has, or a new one at the
+    /// lowest address no other task directory records.
+    fn allocate(&self, id: &str, dir: &TaskDir, bridge: &Bridge) -> Result<NetworkRecord, RuntimeError> {
+        let prepare = |source| RuntimeError::Prepare { id: id.into(), source };
+        let _guard = self.allocating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(record) = dir.read_network().map_err(prepare)? {
+            return Ok(record);
+        }
+        let mut taken = Vec::new();
+        for other in self.list()? {
+            if let Some(record) = self.dir(&other).read_network().map_err(prepare)? {
+                taken.push(record.address.addr());
+            }
+        }
+        let address = lowest_free(bridge, &taken).ok_or_else(|| network_error(id, NetworkError::Exhausted(bridge.subnet())))?;
+        let record = NetworkRecord::new(id, bridge, address);
+        dir.write_network(&record).map_err(prepare)?;
+        Ok(record)
     }
 
     fn dir(&self, id: &str) -> TaskDir {
@@ -71,11 +114,23 @@ impl Runtime for ProcessRuntime {
         let prepare = |source| RuntimeError::Prepare { id: id.into(), source };
         dir.create().map_err(prepare)?;
         std::fs::create_dir_all(&launch.cwd).map_err(prepare)?;
-        dir.write_launch(launch).map_err(prepare)
+        let mut launch = launch.clone();
+        if let Some(bridge) = self.bridge.get() {
+            launch.netns = Some(self.allocate(id, &dir, bridge)?.netns_path());
+        }
+        dir.write_launch(&launch).map_err(prepare)
     }
 
     async fn start(&self, id: &str) -> Result<Started, RuntimeError> {
         let dir = self.dir(id);
+        let inspect = |source| RuntimeError::Inspect { id: id.into(), source };
+        if let Some(record) = dir.read_network().map_err(inspect)? {
+            // A handful of short `ip` commands: off the async threads.
+            tokio::task::spawn_blocking(move || record.plumb())
+                .await
+                .map_err(|e| RuntimeError::Start { id: id.into(), message: e.to_string() })?
+                .map_err(|source| network_error(id, source))?;
+        }
         self.spawn_shim(id, &dir)?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -142,12 +197,29 @@ impl Runtime for ProcessRuntime {
     }
 
     fn remove(&self, id: &str) -> Result<(), RuntimeError> {
-        self.dir(id).remove().map_err(|source| RuntimeError::Remove { id: id.into(), source })
+        let dir = self.dir(id);
+        let remove = |source| RuntimeError::Remove { id: id.into(), source };
+        // The network first: its record keeps the address taken until it is gone.
+        if let Some(record) = dir.read_network().map_err(remove)? {
+            record.unplumb().map_err(|source| network_error(id, source))?;
+        }
+        dir.remove().map_err(remove)
     }
 
     fn list(&self) -> Result<Vec<String>, RuntimeError> {
         taskdir::list(&self.data_dir).map_err(|source| RuntimeError::Inspect { id: "*".into(), source })
     }
+
+    fn network(&self, id: &str) -> NetworkInfo {
+        match self.dir(id).read_network() {
+            Ok(Some(record)) => NetworkInfo { network: TaskNetwork::Namespace, addresses: vec![record.address.to_string()] },
+            _ => NetworkInfo::default(),
+        }
+    }
+}
+
+fn network_error(id: &str, source: NetworkError) -> RuntimeError {
+    RuntimeError::Network { id: id.into(), source }
 }
 
 /// Signals the task's process group unless the pid now belongs to another process.

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use shoal_agent::config::parse_labels;
 use shoal_agent::logs::{DEFAULT_KEEP, DEFAULT_MAX_BYTES};
+use shoal_agent::network::{Ipv4Net, NetworkMode, DEFAULT_BRIDGE};
 use shoal_agent::{AgentConfig, ImageCatalog};
 use shoal_store::client::Store;
 
@@ -44,6 +45,15 @@ pub struct AgentArgs {
     /// Rotated log files kept per stream.
     #[arg(long, default_value_t = DEFAULT_KEEP)]
     pub log_max_files: usize,
+    /// Task networking: `namespace` (a network namespace per task on the node's bridge; needs root) or `host` (tasks share the host's network). Default: namespace as root, else host.
+    #[arg(long, value_parser = ["namespace", "host"])]
+    pub network: Option<String>,
+    /// The bridge task namespaces are attached to.
+    #[arg(long, default_value = DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// Subnet (CIDR) task addresses come from, standing in for the one the controllers assign to the node (status.taskSubnet); wins when both exist.
+    #[arg(long)]
+    pub task_subnet: Option<Ipv4Net>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -80,6 +90,13 @@ fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     if let Some(file) = &args.image_catalog {
         catalog = catalog.with_file(file)?;
     }
+    let network = match args.network.as_deref() {
+        Some("host") => NetworkMode::Host,
+        Some(_) if !shoal_agent::sys::is_root() => anyhow::bail!("--network namespace needs root; run as root or use --network host"),
+        Some(_) => NetworkMode::Namespace,
+        None if shoal_agent::sys::is_root() => NetworkMode::Namespace,
+        None => NetworkMode::Host,
+    };
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => default_data_dir()?.join("agents").join(&name),
@@ -94,6 +111,9 @@ fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         shim: vec![exe.display().to_string(), "agent".into(), "shim".into()],
         log_max_bytes: args.log_max_size,
         log_keep: args.log_max_files,
+        network,
+        bridge: args.bridge,
+        task_subnet: args.task_subnet,
     })
 }
 

@@ -2,6 +2,7 @@
 //! leader-elected so several replicas can run (one acts, the others wait).
 
 use shoal_controllers::manager::{run_with, Settings};
+use shoal_controllers::runtime::events::EventSink;
 use shoal_store::client::Store;
 
 use super::serve::shutdown_signal;
@@ -26,6 +27,7 @@ pub async fn run(store: Store, args: ControllerArgs) -> anyhow::Result<()> {
     let identity = args.identity.unwrap_or_else(default_identity);
     tracing::info!(%identity, lease_ttl = args.lease_ttl, "controller manager starting");
     let settings = Settings { identity, lease_ttl_secs: args.lease_ttl, task_history_limit: args.task_history_limit };
+    EventSink::install(store.clone());
     run_with(store, settings, shutdown_signal()).await;
     Ok(())
 }

@@ -5,6 +5,10 @@ pub mod apply;
 pub mod controller;
 pub mod bench;
 pub mod demo;
+pub mod events;
+pub mod node;
+pub mod spec_flags;
+pub mod tasks;
 pub mod get;
 pub mod serve;
 pub mod service;
@@ -12,7 +16,7 @@ pub mod stack;
 
 use shoal_store::client::Store;
 
-use crate::args::{Cli, Command, ServiceCommand, StackCommand};
+use crate::args::{Cli, Command, NodeCommand, ServiceCommand, StackCommand};
 use crate::store_flags::StoreFlags;
 
 /// Runs the parsed command line.
@@ -29,6 +33,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stack(StackCommand::Ls { output }) => stack::ls(&connect(flags).await?, output).await,
         Command::Stack(StackCommand::Services { name, output }) => stack::services(&connect(flags).await?, &name, output).await,
         Command::Stack(StackCommand::Rm { names }) => stack::rm(&connect(flags).await?, &names).await,
+        Command::Stack(StackCommand::Ps { name, no_trunc, output }) => {
+            stack::ps(&connect(flags).await?, &name, output, no_trunc).await
+        }
+        Command::Service(ServiceCommand::Create(args)) => service::create(&connect(flags).await?, &args).await,
+        Command::Service(ServiceCommand::Scale { targets }) => service::scale(&connect(flags).await?, &targets).await,
+        Command::Service(ServiceCommand::Ps { names, no_trunc, output }) => {
+            service::ps(&connect(flags).await?, &names, output, no_trunc).await
+        }
+        Command::Node(NodeCommand::Ls { output }) => node::ls(&connect(flags).await?, output).await,
+        Command::Node(NodeCommand::Inspect { names, output }) => node::inspect(&connect(flags).await?, &names, output).await,
+        Command::Node(NodeCommand::Update(args)) => node::update(&connect(flags).await?, &args).await,
+        Command::Events { watch, output } => events::events(&connect(flags).await?, watch, output).await,
         Command::Service(ServiceCommand::Ls { output }) => service::ls(&connect(flags).await?, output).await,
         Command::Service(ServiceCommand::Inspect { names, output }) => service::inspect(&connect(flags).await?, &names, output).await,
         Command::Service(ServiceCommand::Rm { names }) => service::rm(&connect(flags).await?, &names).await,

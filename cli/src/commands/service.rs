@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::bail;
 use serde_json::Value;
-use shoal_crd::{Service, Task};
+use shoal_crd::Service;
 use shoal_store::client::Store;
 
 use crate::output::{print_structured, OutputFormat, Table};
@@ -71,16 +71,13 @@ pub async fn print_services(store: &Store, services: &[Service], output: OutputF
     Ok(())
 }
 
-/// Running tasks per service name.
+/// Running tasks per service name (as their agents report them).
 async fn running_tasks(store: &Store) -> anyhow::Result<BTreeMap<String, usize>> {
-    let (tasks, _) = store.list::<Task>().await?;
+    let rows = super::tasks::task_rows(store, |_| true).await?;
     let mut running = BTreeMap::new();
-    for task in tasks {
-        let view = serde_json::to_value(&task)?;
-        if view["status"]["state"].as_str() == Some("running") {
-            if let Some(service) = view["spec"]["service"].as_str() {
-                *running.entry(service.to_string()).or_default() += 1;
-            }
+    for row in rows {
+        if row.state().0 == shoal_crd::TaskState::Running && row.task.spec.desired_state == shoal_crd::TaskState::Running {
+            *running.entry(row.task.spec.service_name.clone()).or_default() += 1;
         }
     }
     Ok(running)
@@ -121,4 +118,103 @@ mod tests {
     fn short_id_drops_dashes_and_keeps_twelve_digits() {
         assert_eq!(short_id("0f8e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b"), "0f8e2a4c1b2d");
     }
+}
+
+/// `shoal service create [FLAGS] IMAGE [COMMAND…]`.
+pub async fn create(store: &Store, args: &crate::args::ServiceCreateArgs) -> anyhow::Result<()> {
+    let name = match &args.name {
+        Some(name) => name.clone(),
+        None => generated_name(&args.image),
+    };
+    shoal_crd::names::validate_service_name(&name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    let mut spec = shoal_crd::ServiceSpec::from_image(args.image.clone());
+    if args.mode == "global" {
+        spec.mode = shoal_crd::ServiceMode::Global;
+        if args.flags.replicas.is_some() {
+            bail!("--replicas can only be used with replicated mode");
+        }
+    } else if args.mode != "replicated" {
+        bail!("--mode {:?}: expected replicated or global", args.mode);
+    }
+    args.flags.apply(&mut spec)?;
+    if !args.command.is_empty() {
+        spec.command = Some(args.command.clone());
+    }
+    shoal_crd::defaults::apply_service_defaults(&mut spec);
+    let problems = shoal_crd::validate::validate_service(&spec);
+    if !problems.is_empty() {
+        bail!("invalid service: {}", problems.join("; "));
+    }
+    let mut service = Service::new(name, spec);
+    for label in &args.labels {
+        let (k, v) = label.split_once('=').unwrap_or((label.as_str(), ""));
+        service.metadata.labels.insert(k.to_string(), v.to_string());
+    }
+    let created = store.create(service).await?;
+    println!("{}", created.metadata.name);
+    Ok(())
+}
+
+/// A name for an unnamed service: the image's base name plus a random suffix.
+fn generated_name(image: &str) -> String {
+    let base = image.rsplit('/').next().unwrap_or(image).split(':').next().unwrap_or("service");
+    let clean: String = base.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    let suffix: String = uuid_suffix();
+    format!("{}-{suffix}", if clean.is_empty() { "service" } else { &clean })
+}
+
+fn uuid_suffix() -> String {
+    let nanos = chrono::Utc::now().timestamp_subsec_nanos();
+    format!("{:05x}", (nanos ^ std::process::id()) & 0xfffff)
+}
+
+/// `shoal service scale NAME=N…`: each service updated with compare-and-swap.
+pub async fn scale(store: &Store, targets: &[String]) -> anyhow::Result<()> {
+    let mut parsed = Vec::new();
+    for target in targets {
+        let (name, n) = target.split_once('=').ok_or_else(|| anyhow::anyhow!("{target:?}: expected SERVICE=REPLICAS"))?;
+        let n: u64 = n.parse().map_err(|_| anyhow::anyhow!("{target:?}: replicas must be a whole number ≥ 0"))?;
+        parsed.push((name.to_string(), n));
+    }
+    for (name, replicas) in parsed {
+        update_with_retry(store, &name, |spec| {
+            if spec.mode == shoal_crd::ServiceMode::Global {
+                bail!("{name}: scale can only be used with replicated mode");
+            }
+            spec.replicas = Some(replicas);
+            Ok(())
+        })
+        .await?;
+        println!("{name} scaled to {replicas}");
+    }
+    Ok(())
+}
+
+/// Re-reads and re-applies `change` until the compare-and-swap succeeds.
+pub async fn update_with_retry(
+    store: &Store,
+    name: &str,
+    change: impl Fn(&mut shoal_crd::ServiceSpec) -> anyhow::Result<()>,
+) -> anyhow::Result<Service> {
+    for _ in 0..5 {
+        let mut service = store.get::<Service>(name).await?.ok_or_else(|| anyhow::anyhow!("no such service: {name}"))?;
+        change(&mut service.spec)?;
+        match store.update(service).await {
+            Ok(updated) => return Ok(updated),
+            Err(err) if err.is_conflict() => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    bail!("{name} kept changing while updating it; try again")
+}
+
+/// `shoal service ps NAME…`.
+pub async fn ps(store: &Store, names: &[String], output: OutputFormat, no_trunc: bool) -> anyhow::Result<()> {
+    for name in names {
+        if store.get::<Service>(name).await?.is_none() {
+            bail!("no such service: {name}");
+        }
+    }
+    let rows = super::tasks::task_rows(store, |service| names.iter().any(|n| n == service)).await?;
+    super::tasks::print_tasks(&rows, output, no_trunc)
 }

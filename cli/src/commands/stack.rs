@@ -135,3 +135,13 @@ pub async fn rm(store: &Store, names: &[String]) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `shoal stack ps NAME`: the tasks of every service of the stack.
+pub async fn ps(store: &Store, name: &str, output: OutputFormat, no_trunc: bool) -> anyhow::Result<()> {
+    let services: Vec<String> = in_stack(store.list::<Service>().await?.0, name).into_iter().map(|s| s.metadata.name).collect();
+    if services.is_empty() {
+        bail!("nothing found in stack: {name}");
+    }
+    let rows = super::tasks::task_rows(store, |service| services.iter().any(|s| s == service)).await?;
+    super::tasks::print_tasks(&rows, output, no_trunc)
+}

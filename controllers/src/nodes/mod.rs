@@ -1,6 +1,7 @@
 //! The node lifecycle loop: a node is `ready` while its agent's heartbeat
 //! key exists and `down` once it is gone (the key lives on the agent's
-//! lease, so it vanishes a TTL after the agent stops renewing).
+//! lease, so it vanishes a TTL after the agent stops renewing). A node
+//! that never had a heartbeat stays `unknown` (and gets no tasks).
 //!
 //! - [`heartbeats`]: the set of nodes with a heartbeat key.
 //!
@@ -16,7 +17,9 @@ use std::time::Duration;
 use shoal_crd::{Node, NodeState};
 use shoal_store::client::{Store, StoreError};
 
+use crate::expectations::Expectations;
 use crate::runtime::{Action, Controller, Decision, Recorder};
+use crate::writes::Written;
 use heartbeats::Heartbeats;
 use shoal_store::client::reflector::Reader;
 
@@ -60,19 +63,51 @@ pub fn verdict(heartbeat: bool) -> (NodeState, &'static str) {
 }
 
 /// Brings one node's `status.state` in line with its heartbeat.
-pub async fn reconcile(key: String, node: Option<Arc<Node>>, ctx: Arc<Context>) -> Result<Action, StoreError> {
+pub async fn reconcile(_key: String, node: Option<Arc<Node>>, ctx: Arc<Context>) -> Result<Action, StoreError> {
     let Some(node) = node else { return Ok(Action::await_change()) };
-    let (state, reason) = verdict(ctx.heartbeats.is_alive(&key));
+    update(&ctx, &node).await?;
+    Ok(Action::await_change())
+}
+
+/// Before the other loops start in a new term: every node's state made
+/// true to its heartbeat, and the cache showing it — so no loop moves
+/// tasks off a node that came back while nobody led (its stored state
+/// still says down).
+pub async fn settle(ctx: &Context) {
+    let mut nodes = ctx.nodes.clone();
+    nodes.wait_until_ready().await;
+    ctx.heartbeats.wait_until_ready().await;
+    let expectations = Expectations::new();
+    for node in ctx.nodes.list() {
+        match update(ctx, &node).await {
+            Ok(Some(revision)) => {
+                expectations.expect(NAME, vec![Written { name: node.metadata.name.clone(), revision, deleted: false }])
+            }
+            Ok(None) => {}
+            // The loop proper retries; settling is best effort.
+            Err(err) => tracing::warn!(node = %node.metadata.name, error = %err, "could not settle node state"),
+        }
+    }
+    expectations.wait(NAME, &ctx.nodes, Duration::from_secs(3)).await;
+}
+
+/// Writes `node`'s state if its heartbeat says otherwise; the new
+/// revision when it wrote.
+async fn update(ctx: &Context, node: &Node) -> Result<Option<i64>, StoreError> {
+    let key = &node.metadata.name;
+    let (state, reason) = verdict(ctx.heartbeats.is_alive(key));
     let mut status = node.status.clone().unwrap_or_default();
-    if status.state == state {
-        return Ok(Action::await_change());
+    // A node registered a moment before its first heartbeat is not "down":
+    // it stays unknown (not ready either) until its agent shows up.
+    if status.state == state || (status.state == NodeState::Unknown && state == NodeState::Down) {
+        return Ok(None);
     }
     let was = status.state;
     status.state = state;
-    let mut next = (*node).clone();
+    let mut next = node.clone();
     next.status = Some(status);
-    ctx.store.update(next).await?;
+    let written = ctx.store.update(next).await?;
     let action = format!("{was:?} → {state:?}").to_lowercase();
-    ctx.recorder.record(&Decision::about(&*node, action, reason));
-    Ok(Action::await_change())
+    ctx.recorder.record(&Decision::about(node, action, reason));
+    Ok(Some(written.metadata.resource_version))
 }

@@ -36,13 +36,9 @@ pub fn trim<'a>(
     let excess = finished.len().saturating_sub(limit);
     let mut doomed: Vec<&TaskView> = finished.into_iter().take(excess).collect();
     if policy.max_attempts > 0 && keep_latest {
-        let still_counted: Vec<&str> = counted(policy, slot.iter().copied(), now)
-            .map(TaskView::name)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .take(policy.max_attempts as usize)
-            .collect();
+        // The newest `maxAttempts` of them are all a count can ever need.
+        let all: Vec<&str> = counted(policy, slot.iter().copied(), now).map(TaskView::name).collect();
+        let still_counted = &all[all.len().saturating_sub(policy.max_attempts as usize)..];
         doomed.retain(|t| !still_counted.contains(&t.name()));
     }
     if keep_latest {

@@ -38,7 +38,7 @@ pub fn decide(policy: &RestartPolicy, ended: &TaskView, earlier: &[&TaskView], n
     let attempts = counted(policy, earlier.iter().copied(), now).count() as u64;
     if policy.max_attempts > 0 && attempts >= policy.max_attempts {
         let within = if policy.window.0.is_zero() { String::new() } else { format!(" within {}", policy.window) };
-        return RestartDecision::GiveUp(format!("restarted {attempts} times{within}: max attempts {} reached", policy.max_attempts));
+        return RestartDecision::GiveUp(format!("restarted {attempts} time(s){within}: max attempts {} reached", policy.max_attempts));
     }
     let ended_at = ended.since.unwrap_or(now);
     let due = ended_at + chrono::Duration::from_std(policy.delay.0).unwrap_or(chrono::Duration::MAX);
@@ -105,7 +105,7 @@ mod tests {
         let (a, b) = (ended(TaskState::Failed, 1), ended(TaskState::Failed, 2));
         assert_eq!(decide(&p, &ended(TaskState::Failed, 3), &[&a], at(4)), RestartDecision::Restart { attempt: 2 });
         let RestartDecision::GiveUp(reason) = decide(&p, &ended(TaskState::Failed, 3), &[&a, &b], at(4)) else { panic!() };
-        assert_eq!(reason, "restarted 2 times: max attempts 2 reached");
+        assert_eq!(reason, "restarted 2 time(s): max attempts 2 reached");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   registration (default spec, `--labels`); afterwards the spec is the
 //!   operator's. The agent rewrites only the status facts (hostname,
 //!   platform, cpus, memory, addr, agentVersion) with compare-and-swap,
-//!   keeping `state`, which only the health controller writes.
+//!   keeping `state`, which only the health controller writes, and
+//!   `taskSubnet`, which only the controllers' node loop writes.
 //! - `{prefix}/heartbeats/<name>` ([`heartbeat_key`]): written only by the
 //!   node's agent, attached to its lease (TTL 3 s by default). Its
 //!   disappearance is how the health controller learns the agent is gone.
@@ -25,7 +26,6 @@ kind!(
     Node, NodeSpec, "nodes", status: NodeStatus
 );
 
-/// Written by the operator.
 /// Key segment of node heartbeats: `{prefix}/heartbeats/<node>`.
 pub const HEARTBEATS: &str = "heartbeats";
 
@@ -34,6 +34,7 @@ pub fn heartbeat_key(prefix: &str, name: &str) -> String {
     format!("{}/{HEARTBEATS}/{name}", prefix.trim_end_matches('/'))
 }
 
+/// Written by the operator.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct NodeSpec {
@@ -65,7 +66,8 @@ pub enum NodeRole {
     Manager,
 }
 
-/// Written by the agent (facts) and the health controller (`state`).
+/// Written by the agent (facts), the health controller (`state`) and the
+/// controllers' node loop (`taskSubnet`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct NodeStatus {
@@ -80,6 +82,13 @@ pub struct NodeStatus {
     pub state: NodeState,
     /// `shoal agent` version.
     pub agent_version: String,
+    /// The IPv4 subnet (CIDR, e.g. `10.200.3.0/24`) the node's agent takes
+    /// task addresses from when tasks get network namespaces of their own.
+    /// Written only by the controllers' node loop (from the cluster CIDR,
+    /// `10.200.0.0/16` by default); stable for the node's lifetime and freed
+    /// when the Node is deleted. The agent only reads it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_subnet: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -32,6 +32,10 @@ pub struct TaskObservationSpec {
     pub pid: Option<u32>,
     /// The network the task's process is in.
     pub network: TaskNetwork,
+    /// The task's addresses in CIDR notation (`10.200.3.5/24`) when it has
+    /// a network namespace of its own; empty on the host network.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub addresses: Vec<String>,
 }
 
 /// Which network a task's process shares.

@@ -55,6 +55,16 @@ impl Lease {
     }
 }
 
+/// Grants a lease that nobody renews: keys attached to it live `ttl`
+/// seconds (events, other self-expiring records). Returns its id.
+pub async fn grant_detached(etcd: &Etcd, ttl: i64) -> Result<i64, StoreError> {
+    let response = etcd.unary(etcd.lease().lease_grant(LeaseGrantRequest { ttl, id: 0 })).await?;
+    if !response.error.is_empty() {
+        return Err(etcd.rpc_error(tonic::Status::unknown(response.error)));
+    }
+    Ok(response.id)
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.keep_alive.abort();

@@ -208,11 +208,7 @@ fn check_intervals(ops: &[RequestOp]) -> Result<Intervals, ApplyError> {
     let mut puts: HashSet<Vec<u8>> = HashSet::new();
     for op in ops {
         match &op.request {
-            Some(Request::RequestPut(p)) => {
-                if !puts.insert(p.key.clone()) {
-                    return Err(ApplyError::DuplicateKey);
-                }
-            }
+            Some(Request::RequestPut(p)) if !puts.insert(p.key.clone()) => return Err(ApplyError::DuplicateKey),
             Some(Request::RequestDeleteRange(d)) => dels.push((d.key.clone(), d.range_end.clone())),
             Some(Request::RequestTxn(t)) => {
                 let (sd, sp) = check_intervals(&t.success)?;
@@ -421,12 +417,12 @@ impl<'s> Write<'s> {
 
 /// Sets `header` on a txn response and every response nested in it.
 pub fn fill_txn_headers(resp: &mut TxnResponse, header: &ResponseHeader) {
-    resp.header = Some(header.clone());
+    resp.header = Some(*header);
     for op in &mut resp.responses {
         match &mut op.response {
-            Some(Response::ResponseRange(r)) => r.header = Some(header.clone()),
-            Some(Response::ResponsePut(r)) => r.header = Some(header.clone()),
-            Some(Response::ResponseDeleteRange(r)) => r.header = Some(header.clone()),
+            Some(Response::ResponseRange(r)) => r.header = Some(*header),
+            Some(Response::ResponsePut(r)) => r.header = Some(*header),
+            Some(Response::ResponseDeleteRange(r)) => r.header = Some(*header),
             Some(Response::ResponseTxn(t)) => fill_txn_headers(t, header),
             None => {}
         }

@@ -215,6 +215,6 @@ mod tests {
         assert_eq!((id.cluster_id, id.member_id), (id2.cluster_id, id2.member_id));
         assert_eq!(st.mvcc.current(), 2);
         assert_eq!(st.mvcc.get(b"k", 2).unwrap().value, b"v");
-        assert!(st.leases.get(9).unwrap().keys.contains(&b"k".to_vec()));
+        assert!(st.leases.get(9).unwrap().keys.contains(b"k".as_slice()));
     }
 }

@@ -24,6 +24,14 @@
 //!   restart it once the disk is fixed.
 //! - History is kept until a client compacts, as in etcd without
 //!   auto-compaction.
+//! - A lagging watch stream is caught up from history, never cancelled for
+//!   slowness (only when compaction overtook it); the replay is built in
+//!   memory, so a huge backlog costs memory for a moment.
+//! - `etcdctl --endpoints http://H:P endpoint status` fails with
+//!   `RST_STREAM ... PROTOCOL_ERROR`: for that verb etcdctl dials the URL
+//!   verbatim and sends `http://H:P` as the HTTP/2 `:authority`, which the
+//!   `h2` server rejects as malformed (grpc-go tolerates it). Use
+//!   `--endpoints H:P` there; every other verb works with either form.
 //!
 //! # Configuration
 //! [`StoreOptions`]; `EmbeddedStore::open` reads them from the environment:

@@ -51,9 +51,12 @@ impl Default for Mvcc {
     }
 }
 
+/// Bounds for `BTreeMap::range` over keys.
+pub type KeyBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
 /// The keys `[key, end)` as etcd spells a range: an empty `end` is the single
 /// key, `"\0"` is every key from `key` on.
-pub fn key_bounds(key: &[u8], end: &[u8]) -> Option<(Bound<Vec<u8>>, Bound<Vec<u8>>)> {
+pub fn key_bounds(key: &[u8], end: &[u8]) -> Option<KeyBounds> {
     if end.is_empty() {
         return Some((Bound::Included(key.to_vec()), Bound::Included(key.to_vec())));
     }

@@ -39,8 +39,10 @@ use crate::proto::{
 
 /// Responses buffered per stream before the stream task waits on the client.
 const OUT_BUFFER: usize = 256;
-/// Most events in one catch-up response (a revision is never split).
+/// Most events, and about the most bytes, in one replay response (a
+/// revision is never split): well under tonic's default 4 MiB decode limit.
 const MAX_EVENTS_PER_RESPONSE: usize = 1000;
+const MAX_BYTES_PER_RESPONSE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -210,18 +212,21 @@ impl StreamTask {
     }
 
     /// History events for one watcher as responses: whole revisions, at
-    /// most [`MAX_EVENTS_PER_RESPONSE`] events each (unless one revision
-    /// alone has more).
+    /// most [`MAX_EVENTS_PER_RESPONSE`] events and about
+    /// [`MAX_BYTES_PER_RESPONSE`] each (unless one revision alone has more).
     fn group(&self, id: i64, w: &Watcher, history: Vec<RevEvent>, revision: i64) -> Vec<WatchResponse> {
         let mut responses: Vec<WatchResponse> = Vec::new();
         let mut current: Vec<Event> = Vec::new();
-        let mut last_rev = 0;
+        let (mut last_rev, mut bytes) = (0, 0);
         for (rev, _, e) in history {
             let Some(e) = w.wanted(&e) else { continue };
-            if rev != last_rev && current.len() >= MAX_EVENTS_PER_RESPONSE {
+            let full = current.len() >= MAX_EVENTS_PER_RESPONSE || bytes >= MAX_BYTES_PER_RESPONSE;
+            if rev != last_rev && full {
                 responses.push(WatchResponse { events: std::mem::take(&mut current), ..self.response(id, revision) });
+                bytes = 0;
             }
             last_rev = rev;
+            bytes += prost::Message::encoded_len(&e);
             current.push(e);
         }
         if !current.is_empty() {
