@@ -45,6 +45,12 @@ impl ObservationWriter {
         self.network = network;
     }
 
+    /// The task ended and its addresses were freed; the kind of network it
+    /// had stays on the record.
+    pub fn release_addresses(&mut self) {
+        self.network.addresses.clear();
+    }
+
     /// The last written observation, if it is about the task with `task_uid`.
     pub fn current_for(&self, task_uid: &str) -> Option<&TaskObservation> {
         self.current.as_ref().filter(|o| o.spec.task_uid == task_uid || o.spec.task_uid.is_empty())

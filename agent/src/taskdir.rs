@@ -5,7 +5,8 @@
 //! - `launch.json`: what to run ([`Launch`]), written by the agent before the shim starts;
 //! - `shim.pid`: the per-task supervisor's pid, written by the shim;
 //! - `network.json`: the task's namespace, veth and address
-//!   ([`NetworkRecord`]), written by the agent when it allocates the address;
+//!   ([`NetworkRecord`]), written by the agent when it allocates the address,
+//!   deleted once the task ended and its namespace is gone;
 //! - `pid.json`: the task process ([`PidRecord`]), written by the shim once it runs;
 //! - `exit.json`: how it ended ([`ExitRecord`]), written by the shim;
 //! - `stdout.log`, `stderr.log` (+ rotated `.1`, `.2`, …), `shim.log`.
@@ -121,6 +122,12 @@ impl TaskDir {
     }
     pub fn read_network(&self) -> io::Result<Option<NetworkRecord>> {
         self.read_record("network.json")
+    }
+    pub fn remove_network(&self) -> io::Result<()> {
+        match std::fs::remove_file(self.file("network.json")) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
     }
     pub fn write_pid(&self, pid: &PidRecord) -> io::Result<()> {
         self.write_record("pid.json", pid)

@@ -185,7 +185,12 @@ impl<R: Runtime> Worker<R> {
         self.ctx.runtime.stop(&self.id, signal, grace).await.unwrap_or_else(|e| error_exit(e.to_string()))
     }
 
+    /// The process ended: free its network, then report the final state.
     async fn exited(&mut self, task: &Task, exit: ExitRecord, stopping: bool) {
+        if let Err(err) = self.ctx.runtime.release(&self.id) {
+            tracing::warn!(task = %self.id, error = %err, "cannot release the task's network");
+        }
+        self.observation.release_addresses();
         let (state, message) = exit_outcome(&exit, stopping);
         self.report(task, Report { state, message, pid: None, exit_code: exit.code }).await;
     }

@@ -21,7 +21,7 @@
 //! `/run/netns` that `ip netns add` makes exactly as every other tool
 //! expects, and configuring links inside a namespace over netlink means a
 //! socket opened from a thread moved into it. `ip -n NS …` does both in a
-//! dozen short commands per task, with errors an operator can rerun by
+//! handful of short commands per task, with errors an operator can rerun by
 //! hand; the netlink stack would add four crates and a thread dance for
 //! nothing the agent needs. Both tools are in every distribution's base.
 //!

@@ -75,6 +75,9 @@ pub trait Runtime: Send + Sync + 'static {
     fn wait(&self, id: &str) -> impl Future<Output = Result<ExitRecord, RuntimeError>> + Send;
     /// Sends `signal`, waits up to `grace`, then SIGKILL; returns the exit.
     fn stop(&self, id: &str, signal: i32, grace: Duration) -> impl Future<Output = Result<ExitRecord, RuntimeError>> + Send;
+    /// Frees what an ended task holds beyond its files — its network
+    /// namespace and address — so finished tasks kept for history hold none.
+    fn release(&self, id: &str) -> Result<(), RuntimeError>;
     /// Deletes everything kept for the task (it must not be running).
     fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// Ids of every task the runtime holds something for.

@@ -6,8 +6,8 @@
 //! Networking: once the agent hands it the node's [`Bridge`]
 //! ([`ProcessRuntime::use_bridge`]), `prepare` takes the task's address
 //! (the lowest free one, recorded in `network.json`), `start` creates its
-//! namespace and veth before the shim enters it, and `remove` tears them
-//! down. Without a bridge tasks share the host's network.
+//! namespace and veth before the shim enters it, and `release` (once the
+//! task ended) or `remove` tears them down and frees the address. Without a bridge tasks share the host's network.
 //!
 //! The agent is never the task's parent, so it learns of an exit by polling
 //! `exit.json` and `/proc` (every 100 ms) rather than by `waitpid`.
@@ -196,14 +196,20 @@ impl Runtime for ProcessRuntime {
         }
     }
 
-    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+    fn release(&self, id: &str) -> Result<(), RuntimeError> {
         let dir = self.dir(id);
         let remove = |source| RuntimeError::Remove { id: id.into(), source };
-        // The network first: its record keeps the address taken until it is gone.
+        // The record goes last: it keeps the address taken until the namespace is gone.
         if let Some(record) = dir.read_network().map_err(remove)? {
             record.unplumb().map_err(|source| network_error(id, source))?;
+            dir.remove_network().map_err(remove)?;
         }
-        dir.remove().map_err(remove)
+        Ok(())
+    }
+
+    fn remove(&self, id: &str) -> Result<(), RuntimeError> {
+        self.release(id)?;
+        self.dir(id).remove().map_err(|source| RuntimeError::Remove { id: id.into(), source })
     }
 
     fn list(&self) -> Result<Vec<String>, RuntimeError> {
@@ -244,5 +250,57 @@ fn lost() -> ExitRecord {
         error: Some("task process lost: it ended while its shim was gone, exit status unknown".into()),
         finished_at: Some(chrono::Utc::now()),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(dir: &std::path::Path) -> Launch {
+        Launch {
+            argv: vec!["true".into()],
+            env: Default::default(),
+            cwd: dir.join("work"),
+            uid: None,
+            gid: None,
+            log_max_bytes: 1024,
+            log_keep: 1,
+            netns: None,
+        }
+    }
+
+    #[test]
+    fn each_task_keeps_its_address_and_a_released_one_is_reused() {
+        let data = tempfile::tempdir().unwrap();
+        let runtime = ProcessRuntime::new(data.path().into(), vec![]);
+        assert!(runtime.use_bridge(Bridge::new("shoal0", "10.200.3.0/24".parse().unwrap()).unwrap()));
+        let address = |id| runtime.network(id).addresses;
+        for id in ["a", "b"] {
+            runtime.prepare(id, &launch(data.path())).unwrap();
+        }
+        assert_eq!((address("a"), address("b")), (vec!["10.200.3.2/24".to_string()], vec!["10.200.3.3/24".to_string()]));
+        assert_eq!(runtime.network("a").network, TaskNetwork::Namespace);
+        let netns = runtime.dir("a").read_launch().unwrap().unwrap().netns;
+        assert_eq!(netns, Some(PathBuf::from("/run/netns/shoal-a")), "the shim is told which namespace to enter");
+
+        // Preparing again (an agent restart) keeps the address.
+        runtime.prepare("b", &launch(data.path())).unwrap();
+        assert_eq!(address("b"), vec!["10.200.3.3/24".to_string()]);
+
+        // Nothing was plumbed, so releasing runs no command; it frees the address.
+        runtime.release("a").unwrap();
+        assert_eq!(runtime.network("a"), NetworkInfo::default());
+        runtime.prepare("c", &launch(data.path())).unwrap();
+        assert_eq!(address("c"), vec!["10.200.3.2/24".to_string()]);
+    }
+
+    #[test]
+    fn without_a_bridge_tasks_use_the_host_network() {
+        let data = tempfile::tempdir().unwrap();
+        let runtime = ProcessRuntime::new(data.path().into(), vec![]);
+        runtime.prepare("a", &launch(data.path())).unwrap();
+        assert_eq!(runtime.network("a"), NetworkInfo { network: TaskNetwork::Host, addresses: vec![] });
+        assert_eq!(runtime.dir("a").read_launch().unwrap().unwrap().netns, None);
     }
 }

@@ -3,7 +3,11 @@
 
 use shoal_controllers::manager::{run_with, Settings};
 use shoal_controllers::runtime::events::EventSink;
+use shoal_store::client::compactor::run_compactor;
 use shoal_store::client::Store;
+
+/// How much history the store keeps (kube-apiserver compacts every 5 minutes too).
+pub const COMPACTION_INTERVAL: std::time::Duration = std::time::Duration::from_secs(300);
 
 use super::serve::shutdown_signal;
 
@@ -28,7 +32,9 @@ pub async fn run(store: Store, args: ControllerArgs) -> anyhow::Result<()> {
     tracing::info!(%identity, lease_ttl = args.lease_ttl, "controller manager starting");
     let settings = Settings { identity, lease_ttl_secs: args.lease_ttl, task_history_limit: args.task_history_limit };
     EventSink::install(store.clone());
+    let compactor = tokio::spawn(run_compactor(store.clone(), COMPACTION_INTERVAL, std::future::pending()));
     run_with(store, settings, shutdown_signal()).await;
+    compactor.abort();
     Ok(())
 }
 

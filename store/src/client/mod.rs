@@ -10,8 +10,11 @@
 //! - [`watcher`]: list-then-watch of one kind, relisting after compaction.
 //! - [`reflector`]: an in-memory cache fed by a watcher, with a readiness gate.
 //! - [`lease`]: leases with a background keep-alive.
+//! - [`election`]: leader election with fenced writes.
+//! - [`compactor`]: periodic compaction of the history.
 
 pub mod apply;
+pub mod compactor;
 pub mod config;
 pub mod connection;
 pub mod election;

@@ -113,22 +113,9 @@ impl StoreOptions {
         let mut options = StoreOptions::default();
         if let Ok(value) = std::env::var(PROGRESS_NOTIFY_ENV) {
             options.progress_notify_interval =
-                parse_duration(&value).ok_or(ServerError::BadInterval { value })?;
+                shoal_crd::parse_duration(&value).ok().filter(|d| !d.is_zero()).ok_or(ServerError::BadInterval { value })?;
         }
         Ok(options)
-    }
-}
-
-/// `250ms`, `30s`, `10m`, or bare seconds.
-fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().ok().filter(|n| *n > 0)?;
-    match unit {
-        "ms" => Some(Duration::from_millis(n)),
-        "" | "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        _ => None,
     }
 }
 
@@ -181,20 +168,5 @@ impl EmbeddedStore {
             .map_err(ServerError::Serve);
         expiry.abort();
         result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_parse_in_the_documented_units() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_duration("7"), Some(Duration::from_secs(7)));
-        assert_eq!(parse_duration("0s"), None);
-        assert_eq!(parse_duration("1h"), None);
     }
 }
