@@ -4,8 +4,8 @@
 //!
 //! The key is created only when absent (compare mod_revision = 0). If it
 //! exists, it is either this node's previous agent's (its lease id is kept
-//! in `{data_dir}/lease`: that lease is revoked and the key taken over at
-//! once) or another live agent using the same name (this one waits for it
+//! in `{data_dir}/lease`: the key is moved onto a new lease in one
+//! transaction, never absent, and the old lease revoked) or another live agent using the same name (this one waits for it
 //! to go and says so). A lost lease (store unreachable longer than the TTL)
 //! is re-granted and the key re-created.
 
@@ -57,7 +57,8 @@ impl Heartbeat {
     /// Stops and revokes the lease: the key disappears now, not after the TTL.
     pub async fn stop(self) {
         self.task.abort();
-        if let Some(id) = *self.lease.borrow() {
+        let lease = *self.lease.borrow();
+        if let Some(id) = lease {
             let etcd = self.store.etcd();
             let _ = etcd.unary(etcd.lease().lease_revoke(LeaseRevokeRequest { id })).await;
         }
@@ -99,24 +100,34 @@ async fn establish(store: &Store, config: &HeartbeatConfig) -> Result<Option<Lea
     let etcd = store.etcd();
     let key = config.key.as_bytes().to_vec();
     let existing = etcd.unary(etcd.kv().range(RangeRequest { key: key.clone(), ..Default::default() })).await?;
+    // The key as we found it: absent (mod_revision 0) or our previous incarnation's.
+    let mut found = 0;
+    let mut previous_lease = None;
     if let Some(kv) = existing.kvs.first() {
         let ours = std::fs::read_to_string(&config.lease_file).ok().and_then(|s| s.trim().parse::<i64>().ok());
         if ours != Some(kv.lease) {
             return Ok(None);
         }
-        // Our previous incarnation's lease: revoke it (deletes the key).
-        etcd.unary(etcd.lease().lease_revoke(LeaseRevokeRequest { id: kv.lease })).await?;
+        found = kv.mod_revision;
+        previous_lease = Some(kv.lease);
     }
     let lease = Lease::grant(etcd, config.ttl).await?;
     let put = PutRequest { key, value: config.value.to_string().into_bytes(), lease: lease.id(), ..Default::default() };
+    // Taking over moves the key onto the new lease in one transaction: the
+    // key never disappears, so a restarting agent's node is never seen down
+    // (revoking first would delete the key and get the node's tasks moved).
     let txn = TxnRequest {
-        compare: vec![compare_mod_revision(&config.key, 0)],
+        compare: vec![compare_mod_revision(&config.key, found)],
         success: vec![RequestOp { request: Some(Op::RequestPut(put)) }],
         failure: vec![],
     };
     if !etcd.unary(etcd.kv().txn(txn)).await?.succeeded {
         let _ = lease.revoke().await;
         return Ok(None);
+    }
+    if let Some(id) = previous_lease {
+        // No key is attached to it any more; it would expire on its own.
+        let _ = etcd.unary(etcd.lease().lease_revoke(LeaseRevokeRequest { id })).await;
     }
     if let Err(err) = std::fs::write(&config.lease_file, lease.id().to_string()) {
         tracing::warn!(file = %config.lease_file.display(), error = %err, "cannot record the heartbeat lease id");

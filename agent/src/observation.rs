@@ -30,6 +30,8 @@ pub struct ObservationWriter {
     node: String,
     /// The task's network, reported with every state from now on.
     network: NetworkInfo,
+    /// Where the task's logs are, reported with every state.
+    log_dir: Option<String>,
     current: Option<TaskObservation>,
 }
 
@@ -37,12 +39,17 @@ impl ObservationWriter {
     /// Reads the task's current observation, if any.
     pub async fn load(store: Store, task_id: &str, node: &str) -> Result<Self, StoreError> {
         let current = store.get::<TaskObservation>(task_id).await?;
-        Ok(Self { store, name: task_id.into(), node: node.into(), network: NetworkInfo::default(), current })
+        Ok(Self { store, name: task_id.into(), node: node.into(), network: NetworkInfo::default(), log_dir: None, current })
     }
 
     /// Sets the network the next writes report (the runtime's facts).
     pub fn attach(&mut self, network: NetworkInfo) {
         self.network = network;
+    }
+
+    /// Sets the directory of the task's log files.
+    pub fn set_log_dir(&mut self, dir: &std::path::Path) {
+        self.log_dir = Some(dir.display().to_string());
     }
 
     /// The task ended and its addresses were freed; the kind of network it
@@ -76,6 +83,7 @@ impl ObservationWriter {
             pid: report.pid,
             network: self.network.network,
             addresses: self.network.addresses.clone(),
+            log_dir: self.log_dir.clone(),
         };
         let mut attempt = 0u32;
         loop {

@@ -44,7 +44,7 @@ pub type TaskSlot = watch::Sender<Option<Arc<Task>>>;
 pub fn spawn<R: Runtime>(ctx: Arc<Context<R>>, id: String, task: Option<Arc<Task>>) -> (TaskSlot, JoinHandle<()>) {
     let (tx, rx) = watch::channel(task);
     let handle = tokio::spawn(async move {
-        let observation = loop {
+        let mut observation = loop {
             match ObservationWriter::load(ctx.store.clone(), &id, &ctx.node).await {
                 Ok(o) => break o,
                 Err(err) => {
@@ -53,6 +53,7 @@ pub fn spawn<R: Runtime>(ctx: Arc<Context<R>>, id: String, task: Option<Arc<Task
                 }
             }
         };
+        observation.set_log_dir(crate::taskdir::TaskDir::new(&ctx.launch.data_dir, &id).path());
         Worker { ctx, id, rx, observation, state: TaskState::Assigned, last: None }.run().await;
     });
     (tx, handle)

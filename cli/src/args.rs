@@ -33,7 +33,7 @@ pub struct GlobalFlags {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run Shoal on this machine: the embedded store and the control plane, in the foreground.
-    Up(ServeArgs),
+    Up(UpArgs),
     /// Run only the embedded etcd-API store.
     Store(ServeArgs),
     /// Run the node agent: register this node, heartbeat, run its tasks.
@@ -90,6 +90,16 @@ pub enum Command {
     /// Benchmarks that print a comparison.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+/// `shoal up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    /// Run the store and controllers only (agents join separately with `shoal agent`).
+    #[arg(long)]
+    pub no_agent: bool,
 }
 
 /// Where a server keeps its data and listens.
@@ -155,6 +165,17 @@ pub enum ServiceCommand {
         #[arg(required = true, value_name = "SERVICE=REPLICAS")]
         targets: Vec<String>,
     },
+    /// Show the logs of a service's tasks (those on this machine).
+    Logs {
+        /// Service name.
+        name: String,
+        /// Keep printing new lines.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines of each log.
+        #[arg(long)]
+        tail: Option<usize>,
+    },
     /// List the tasks of services.
     Ps {
         /// Service names.
@@ -191,6 +212,8 @@ pub enum ServiceCommand {
 pub enum BenchCommand {
     /// The same workload against the embedded store and a real etcd.
     Store(crate::commands::bench::StoreBenchArgs),
+    /// Services to running tasks with the real controllers and simulated agents, embedded store vs etcd.
+    Schedule(crate::commands::bench_schedule::ScheduleBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

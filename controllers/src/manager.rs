@@ -70,7 +70,15 @@ pub async fn run_with(store: Store, settings: Settings, shutdown: impl Future<Ou
             }
         };
         tracing::info!(identity = %settings.identity, "leading: starting controllers");
-        let term_over = futures::future::select(leadership.lost().boxed(), shutdown.clone()).map(|_| ());
+        // An async block rather than `select(..).map(..)`: the closure form
+        // is not `Send` for every lifetime, so callers could not spawn us.
+        let (lost, stop) = (leadership.lost(), shutdown.clone());
+        let term_over = async move {
+            tokio::select! {
+                _ = lost => {}
+                _ = stop => {}
+            }
+        };
         lead(leadership.store(), &settings, term_over).await;
         if shutdown.clone().now_or_never().is_some() {
             if let Err(err) = leadership.resign().await {

@@ -9,6 +9,7 @@
 //! data dir, also when the test panicked.
 #![allow(dead_code)] // every test crate includes this module and uses a part
 
+pub mod cluster;
 pub mod grpc;
 
 use std::net::{TcpListener, TcpStream};

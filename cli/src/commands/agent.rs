@@ -75,6 +75,25 @@ pub async fn main(flags: &StoreFlags, args: AgentArgs) -> anyhow::Result<()> {
     run(super::connect(flags).await?, args).await
 }
 
+/// The agent `shoal up` runs for this machine: named after the host,
+/// advertised on loopback, its data under `data_dir`.
+pub(crate) fn local_args(data_dir: PathBuf) -> AgentArgs {
+    AgentArgs {
+        command: None,
+        name: Some(crate::commands::controller::hostname()),
+        advertise_addr: Some(IpAddr::from([127, 0, 0, 1])),
+        labels: Vec::new(),
+        data_dir: Some(data_dir),
+        heartbeat_ttl: 3,
+        image_catalog: None,
+        log_max_size: DEFAULT_MAX_BYTES,
+        log_max_files: DEFAULT_KEEP,
+        network: None,
+        bridge: DEFAULT_BRIDGE.to_string(),
+        task_subnet: None,
+    }
+}
+
 /// Runs the agent against `store` until SIGTERM or Ctrl-C.
 pub async fn run(store: Store, args: AgentArgs) -> anyhow::Result<()> {
     let config = config(args)?;
@@ -82,7 +101,7 @@ pub async fn run(store: Store, args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
+pub(crate) fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     let name = args.name.context("--name is required")?;
     let advertise_addr = args.advertise_addr.context("--advertise-addr is required")?;
     let exe = std::env::current_exe().context("cannot find the running shoal binary")?;
@@ -118,7 +137,7 @@ fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
 }
 
 /// /var/lib/shoal as root, else $XDG_DATA_HOME/shoal or ~/.local/share/shoal.
-fn default_data_dir() -> anyhow::Result<PathBuf> {
+pub(crate) fn default_data_dir() -> anyhow::Result<PathBuf> {
     if shoal_agent::sys::is_root() {
         return Ok(PathBuf::from("/var/lib/shoal"));
     }

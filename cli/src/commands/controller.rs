@@ -28,22 +28,38 @@ pub struct ControllerArgs {
 
 /// Runs the controller manager until Ctrl-C or SIGTERM.
 pub async fn run(store: Store, args: ControllerArgs) -> anyhow::Result<()> {
+    run_until(store, args, shutdown_signal()).await;
+    Ok(())
+}
+
+/// Runs the controller manager — every loop, the event sink and the
+/// compactor — until `shutdown`.
+pub async fn run_until(store: Store, args: ControllerArgs, shutdown: impl std::future::Future<Output = ()> + Send) {
     let identity = args.identity.unwrap_or_else(default_identity);
     tracing::info!(%identity, lease_ttl = args.lease_ttl, "controller manager starting");
     let settings = Settings { identity, lease_ttl_secs: args.lease_ttl, task_history_limit: args.task_history_limit };
     EventSink::install(store.clone());
     let compactor = tokio::spawn(run_compactor(store.clone(), COMPACTION_INTERVAL, std::future::pending()));
-    run_with(store, settings, shutdown_signal()).await;
+    run_with(store, settings, shutdown).await;
     compactor.abort();
-    Ok(())
+}
+
+impl Default for ControllerArgs {
+    fn default() -> Self {
+        Self { identity: None, lease_ttl: 5, task_history_limit: shoal_controllers::service::DEFAULT_HISTORY_LIMIT }
+    }
 }
 
 /// `hostname-pid`.
 fn default_identity() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    format!("{}-{}", hostname(), std::process::id())
+}
+
+/// This machine's hostname ("shoal" if it has none).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "shoal".to_string());
-    format!("{host}-{}", std::process::id())
+        .unwrap_or_else(|| "shoal".to_string())
 }

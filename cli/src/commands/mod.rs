@@ -4,8 +4,10 @@ pub mod agent;
 pub mod apply;
 pub mod controller;
 pub mod bench;
+pub mod bench_schedule;
 pub mod demo;
 pub mod events;
+pub mod logs;
 pub mod node;
 pub mod spec_flags;
 pub mod tasks;
@@ -38,6 +40,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Service(ServiceCommand::Create(args)) => service::create(&connect(flags).await?, &args).await,
         Command::Service(ServiceCommand::Scale { targets }) => service::scale(&connect(flags).await?, &targets).await,
+        Command::Service(ServiceCommand::Logs { name, follow, tail }) => {
+            logs::logs(&connect(flags).await?, &name, follow, tail).await
+        }
         Command::Service(ServiceCommand::Ps { names, no_trunc, output }) => {
             service::ps(&connect(flags).await?, &names, output, no_trunc).await
         }
@@ -54,6 +59,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Schema { kind } => get::schema(&kind),
         Command::Demo(crate::args::DemoCommand::Serve(args)) => demo::serve(args).await,
         Command::Bench(crate::args::BenchCommand::Store(args)) => bench::store(args).await,
+        Command::Bench(crate::args::BenchCommand::Schedule(args)) => bench_schedule::run(flags, args).await,
     }
 }
 

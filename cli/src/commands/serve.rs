@@ -1,24 +1,62 @@
 //! `shoal up` and `shoal store`: the server roles, in the foreground until
 //! Ctrl-C or SIGTERM.
+//!
+//! `shoal up` is everything one machine needs in one process: the embedded
+//! store, the controller manager and a local agent, all talking to the
+//! store over the same etcd API a multi-node cluster uses. On shutdown the
+//! agent and controllers stop first, then the store. Tasks keep running
+//! (the agent re-adopts them when `shoal up` starts again), as they do when
+//! a lone `shoal agent` restarts.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
+use shoal_store::client::{Store, StoreConfig};
 use shoal_store::server::EmbeddedStore;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use crate::args::ServeArgs;
+use crate::args::{ServeArgs, UpArgs};
 
-/// `shoal up`: the embedded store plus the control plane that exists so far.
-pub async fn up(args: ServeArgs) -> anyhow::Result<()> {
-    let data_dir = data_dir(&args)?;
-    let (store, listener) = open_store(&data_dir, &args).await?;
+/// `shoal up`: store + controllers + a local agent.
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let data_dir = data_dir(&args.serve)?;
+    let (embedded, listener) = open_store(&data_dir, &args.serve).await?;
+    let address = listener.local_addr().context("reading the store's listen address")?;
+    let (stop_store, store_stopped) = stopper();
+    let server = tokio::spawn(embedded.serve(listener, store_stopped));
+    let client = local_client(address).await?;
+
+    let (stop_members, members_stopped) = stopper();
+    let controllers = tokio::spawn(super::controller::run_until(client.clone(), Default::default(), members_stopped.clone()));
+    let agent = if args.no_agent {
+        None
+    } else {
+        let config = super::agent::config(super::agent::local_args(data_dir.join("agent")))?;
+        let node = config.name.clone();
+        tracing::info!(%node, "local agent starting");
+        Some(tokio::spawn(shoal_agent::run(client, config, members_stopped)))
+    };
     tracing::info!(
-        store = %args.listen,
+        store = %address,
         data_dir = %data_dir.display(),
-        "shoal is up; deploy with `shoal stack deploy -c FILE NAME` (no controllers or agents run yet: services are stored, not started)"
+        "shoal is up: deploy with `shoal stack deploy -c FILE NAME`, watch with `shoal events -w`"
     );
-    store.serve(listener, shutdown_signal()).await.context("the embedded store stopped")?;
+
+    shutdown_signal().await;
+    stop_members.send_replace(true);
+    if let Some(agent) = agent {
+        match tokio::time::timeout(Duration::from_secs(10), agent).await {
+            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "local agent stopped with an error"),
+            Err(_) => tracing::warn!("local agent did not stop within 10s"),
+            _ => {}
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), controllers).await;
+    stop_store.send_replace(true);
+    server.await.context("the embedded store task failed")?.context("the embedded store stopped")?;
     tracing::info!("shoal stopped");
     Ok(())
 }
@@ -41,23 +79,28 @@ async fn open_store(data_dir: &std::path::Path, args: &ServeArgs) -> anyhow::Res
     Ok((store, listener))
 }
 
-/// `--data-dir`, else /var/lib/shoal as root, else $XDG_DATA_HOME/shoal or ~/.local/share/shoal.
-fn data_dir(args: &ServeArgs) -> anyhow::Result<PathBuf> {
-    if let Some(dir) = &args.data_dir {
-        return Ok(dir.clone());
-    }
-    if is_root() {
-        return Ok(PathBuf::from("/var/lib/shoal"));
-    }
-    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(xdg).join("shoal"));
-    }
-    let home = std::env::var_os("HOME").context("neither --data-dir nor HOME is set")?;
-    Ok(PathBuf::from(home).join(".local/share/shoal"))
+/// A client of the in-process store, through its gRPC listener like any other.
+async fn local_client(address: SocketAddr) -> anyhow::Result<Store> {
+    let config = StoreConfig::for_endpoint(format!("http://{address}"));
+    Ok(Store::connect(&config).await?)
 }
 
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+/// A stop signal shared by several tasks: send `true` to stop them all.
+fn stopper() -> (watch::Sender<bool>, impl std::future::Future<Output = ()> + Clone + Send + 'static) {
+    let (tx, rx) = watch::channel(false);
+    let stopped = async move {
+        let mut rx = rx;
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    (tx, futures::FutureExt::shared(Box::pin(stopped)))
+}
+
+/// `--data-dir`, else the default data directory.
+fn data_dir(args: &ServeArgs) -> anyhow::Result<PathBuf> {
+    match &args.data_dir {
+        Some(dir) => Ok(dir.clone()),
+        None => super::agent::default_data_dir(),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

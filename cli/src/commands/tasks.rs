@@ -42,6 +42,19 @@ impl TaskRow {
         (status.state, status.message, when)
     }
 
+    /// The task's address on its node's bridge, or `host` when it shares
+    /// the node's network (the process runtime without root).
+    pub fn address(&self) -> String {
+        let Some(observation) = &self.observation else { return String::new() };
+        if let Some(address) = observation.spec.addresses.first() {
+            return address.split('/').next().unwrap_or(address).to_string();
+        }
+        match (observation.spec.network, self.state().0) {
+            (shoal_crd::TaskNetwork::Host, TaskState::Running) => "host".into(),
+            _ => String::new(),
+        }
+    }
+
     fn is_error(&self) -> bool {
         let (state, message, _) = self.state();
         matches!(state, TaskState::Failed | TaskState::Rejected | TaskState::Orphaned) || (state == TaskState::Pending && !message.is_empty())
@@ -70,7 +83,7 @@ pub fn print_tasks(rows: &[TaskRow], output: OutputFormat, no_trunc: bool) -> an
     if output != OutputFormat::Table {
         return print_structured(&rows, output);
     }
-    let mut table = Table::new(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"]);
+    let mut table = Table::new(&["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ADDRESS", "ERROR"]);
     let mut previous_name = String::new();
     for row in rows {
         let name = row.display_name();
@@ -86,6 +99,7 @@ pub fn print_tasks(rows: &[TaskRow], output: OutputFormat, no_trunc: bool) -> an
             row.task.spec.node_id.clone().unwrap_or_default(),
             capitalize(&enum_text(row.task.spec.desired_state)),
             format!("{} {}", capitalize(&enum_text(state)), age(when)),
+            row.address(),
             error,
         ]);
     }

@@ -5,8 +5,14 @@
 //!
 //! - [`heartbeats`]: the set of nodes with a heartbeat key.
 //!
-//! Writes only `status.state` of Node objects (the agent writes the other
-//! status facts, the operator the spec), compare-and-swap.
+//! It also gives each node a task subnet (`status.taskSubnet`, a /24 of
+//! the cluster CIDR, see [`crate::ipam`]) that the node's agent puts its
+//! tasks' network namespaces on. Reconciles run one at a time so two new
+//! nodes never pick the same free subnet from the same cache.
+//!
+//! Writes only `status.state` and `status.taskSubnet` of Node objects (the
+//! agent writes the other status facts, the operator the spec),
+//! compare-and-swap.
 
 pub mod heartbeats;
 
@@ -48,6 +54,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
         async move { heartbeats.wait_until_ready().await }
     };
     Controller::new(NAME, ctx.nodes.clone())
+        .concurrency(1)
         .triggers(ready, heartbeats.changes())
         .run(reconcile, |_, _: &StoreError, _| Action::requeue(Duration::from_millis(200)), ctx, shutdown)
         .await;
@@ -91,23 +98,39 @@ pub async fn settle(ctx: &Context) {
     expectations.wait(NAME, &ctx.nodes, Duration::from_secs(3)).await;
 }
 
-/// Writes `node`'s state if its heartbeat says otherwise; the new
-/// revision when it wrote.
+/// Writes `node`'s state if its heartbeat says otherwise, and its task
+/// subnet if it has none (or a clashing one); the new revision when it wrote.
 async fn update(ctx: &Context, node: &Node) -> Result<Option<i64>, StoreError> {
     let key = &node.metadata.name;
     let (state, reason) = verdict(ctx.heartbeats.is_alive(key));
     let mut status = node.status.clone().unwrap_or_default();
+    let was = status.state;
     // A node registered a moment before its first heartbeat is not "down":
     // it stays unknown (not ready either) until its agent shows up.
-    if status.state == state || (status.state == NodeState::Unknown && state == NodeState::Down) {
+    let state_changes = status.state != state && !(status.state == NodeState::Unknown && state == NodeState::Down);
+    let all_nodes = ctx.nodes.list();
+    let subnet = crate::ipam::node_subnet(node, all_nodes.iter().map(|n| &**n), crate::ipam::default_cluster_cidr())
+        .map(|net| net.to_string());
+    let subnet_changes = subnet.is_some() && subnet != status.task_subnet;
+    if !state_changes && !subnet_changes {
         return Ok(None);
     }
-    let was = status.state;
-    status.state = state;
+    if state_changes {
+        status.state = state;
+    }
+    if subnet_changes {
+        status.task_subnet = subnet.clone();
+    }
     let mut next = node.clone();
     next.status = Some(status);
     let written = ctx.store.update(next).await?;
-    let action = format!("{was:?} → {state:?}").to_lowercase();
-    ctx.recorder.record(&Decision::about(node, action, reason));
+    if state_changes {
+        let action = format!("{was:?} → {state:?}").to_lowercase();
+        ctx.recorder.record(&Decision::about(node, action, reason));
+    }
+    if subnet_changes {
+        let reason = "tasks on this node get addresses from it";
+        ctx.recorder.record(&Decision::about(node, format!("task subnet {}", subnet.unwrap_or_default()), reason));
+    }
     Ok(Some(written.metadata.resource_version))
 }

@@ -36,6 +36,10 @@ pub struct TaskObservationSpec {
     /// a network namespace of its own; empty on the host network.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+    /// Directory on `nodeId` holding the task's `stdout.log` and
+    /// `stderr.log` (rotated copies `.1`, `.2`, …), read by `shoal service logs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<String>,
 }
 
 /// Which network a task's process shares.

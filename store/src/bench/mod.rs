@@ -77,7 +77,8 @@ pub async fn run_store_bench(opts: StoreBenchOptions) -> anyhow::Result<String> 
     Ok(table(&opts, &embedded, etcd.as_ref()))
 }
 
-fn find_etcd() -> Option<PathBuf> {
+/// The `etcd` binary on PATH, if any.
+pub fn find_etcd() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join("etcd")).find(|p| p.is_file())
 }
@@ -87,7 +88,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// A single-member etcd on free loopback ports, killed when dropped.
-async fn spawn_etcd(binary: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
+pub async fn spawn_etcd(binary: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<(Child, String)> {
     let (client, peer) = (format!("http://127.0.0.1:{}", free_port()?), format!("http://127.0.0.1:{}", free_port()?));
     let child = Command::new(binary)
         .args(["--name", "bench", "--data-dir"])

@@ -119,6 +119,9 @@ impl StoreOptions {
     }
 }
 
+/// How long a stopping server lets open streams (watches, keep-alives) finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
 /// An opened store, ready to serve.
 pub struct EmbeddedStore {
     core: Arc<Core>,
@@ -156,16 +159,28 @@ impl EmbeddedStore {
         });
         let core = self.core;
         let maintenance = || maintenance::MaintenanceService { core: core.clone() };
-        let result = tonic::transport::Server::builder()
+        let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+        let server = tonic::transport::Server::builder()
             .add_service(KvServer::new(kv::KvService { core: core.clone() }))
             .add_service(WatchServer::new(watch::WatchService { core: core.clone() }))
             .add_service(LeaseServer::new(lease::LeaseService { core: core.clone() }))
             .add_service(MaintenanceServer::new(maintenance()))
             .add_service(ClusterServer::new(maintenance()))
             .add_service(AuthServer::new(maintenance()))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-            .map_err(ServerError::Serve);
+            .serve_with_incoming_shutdown(incoming, shutdown.clone());
+        // A graceful shutdown waits for open streams, and watches never end
+        // by themselves: after a short grace the remaining ones are cut.
+        let grace_over = async {
+            shutdown.await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        let result = tokio::select! {
+            served = server => served.map_err(ServerError::Serve),
+            _ = grace_over => {
+                tracing::info!(grace = ?SHUTDOWN_GRACE, "closing the streams still open");
+                Ok(())
+            }
+        };
         expiry.abort();
         result
     }

@@ -1,0 +1,487 @@
+//! A multi-node test cluster of real processes: a store (the embedded
+//! `shoal store` or Debian's etcd), one `shoal controller` and N
+//! `shoal agent`s (node-1, node-2, …) running real task processes, driven
+//! through the `shoal` CLI as an operator would.
+//!
+//! As root every agent runs in a network namespace of its own
+//! (`ip netns exec`), joined by a veth pair to a bridge in the root
+//! namespace with a subnet of its own per cluster, so concurrent tests
+//! never share one; the agent advertises its veth address. The store keeps
+//! listening on loopback (that is what [`StoreUnderTest`] does) and a small
+//! TCP relay on the bridge address forwards the agents' connections to it —
+//! simpler than routing namespaces to the host's loopback. Without root the
+//! agents share the loopback. Either way the agents' tasks use
+//! `--network host`: they share their agent's network (the namespace when
+//! root), which is all these scheduling tests need.
+//!
+//! Dropping a [`Cluster`] — also when a test panicked — SIGKILLs the
+//! controller, the agents, their shims and task processes (every process
+//! whose command line or working directory is under the cluster's temp dir,
+//! plus, as root, every process left in an agent's namespace), then deletes
+//! the namespaces and the bridge; the store goes with its own Drop.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use shoal_crd::{Node, NodeState, Task, TaskObservation, TaskState};
+
+use super::{Backend, StoreUnderTest};
+
+/// Heartbeat lease TTL of every agent: a dead agent's node is down after this.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+/// Lease TTL of the controller's leader election.
+const CONTROLLER_LEASE_TTL: u64 = 2;
+/// Lines of each log shown in a state dump.
+const LOG_TAIL: usize = 40;
+
+/// One row of `shoal service ps -o json`: a task and its agent's observation.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TaskRow {
+    pub task: Task,
+    #[serde(default)]
+    pub observation: Option<TaskObservation>,
+}
+
+impl TaskRow {
+    pub fn id(&self) -> &str {
+        &self.task.metadata.name
+    }
+
+    pub fn node(&self) -> Option<&str> {
+        self.task.spec.node_id.as_deref()
+    }
+
+    /// The agent's observation of this very task (not of an earlier one of the same name).
+    fn current_observation(&self) -> Option<&TaskObservation> {
+        self.observation.as_ref().filter(|o| o.spec.task_uid.is_empty() || o.spec.task_uid == self.task.metadata.uid)
+    }
+
+    /// What the agent last observed.
+    pub fn observed_state(&self) -> Option<TaskState> {
+        Some(self.current_observation()?.status.as_ref()?.state)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.current_observation()?.spec.pid
+    }
+
+    /// Desired running, observed running by its agent, and its process alive.
+    pub fn is_running(&self) -> bool {
+        self.task.spec.desired_state == TaskState::Running
+            && self.observed_state() == Some(TaskState::Running)
+            && self.pid().is_some_and(alive)
+    }
+
+    /// One line for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} node={} desired={:?} observed={:?} pid={:?}",
+            self.id(),
+            self.task.display_name(),
+            self.node().unwrap_or("-"),
+            self.task.spec.desired_state,
+            self.observed_state(),
+            self.pid()
+        )
+    }
+}
+
+/// Whether `pid` is a live process (exists and is not a zombie): kill(pid, 0) by /proc.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+}
+
+/// One `shoal agent` process (restartable) and its data dir.
+struct Agent {
+    name: String,
+    labels: Vec<String>,
+    dir: PathBuf,
+    /// The agent's network namespace (root only).
+    netns: Option<String>,
+    advertise: Ipv4Addr,
+    child: Option<Child>,
+}
+
+impl Agent {
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("agent.log")
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The root-only network: a bridge, its subnet, and the relay to the store.
+struct Network {
+    bridge: String,
+    /// Third octet of 10.203.X.0/24.
+    subnet: u8,
+    relay: Relay,
+}
+
+impl Network {
+    /// Claims the first free bridge `shoale2e<N>` (creating it is the
+    /// atomic claim, so concurrent test processes never share a subnet),
+    /// addresses it 10.203.N.1/24 and relays its `store` port to the store.
+    fn create(store: &StoreUnderTest) -> Self {
+        let subnet = (0..=250u8)
+            .find(|n| quiet(&["ip", "link", "add", &format!("shoale2e{n}"), "type", "bridge"]))
+            .expect("no free shoale2e<N> bridge name (leftovers from killed runs? `ip link del` them)");
+        let bridge = format!("shoale2e{subnet}");
+        let gateway = Ipv4Addr::new(10, 203, subnet, 1);
+        run(&["ip", "addr", "add", &format!("{gateway}/24"), "dev", &bridge]);
+        run(&["ip", "link", "set", &bridge, "up"]);
+        let upstream: SocketAddr = store.endpoint().trim_start_matches("http://").parse().expect("the store's address");
+        Network { relay: Relay::start(gateway.into(), upstream), bridge, subnet }
+    }
+
+    /// A namespace for agent `index` with `eth0` at 10.203.N.(10+index) on the bridge.
+    fn add_namespace(&self, index: usize) -> (String, Ipv4Addr) {
+        let netns = format!("{}-{index}", self.bridge);
+        let veth = format!("{}v{index}", self.bridge);
+        let address = Ipv4Addr::new(10, 203, self.subnet, 10 + index as u8);
+        run(&["ip", "netns", "add", &netns]);
+        run(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
+        run(&["ip", "link", "set", &veth, "master", &self.bridge, "up"]);
+        run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &netns, "addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        run(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
+        (netns, address)
+    }
+
+    fn store_endpoint(&self) -> String {
+        format!("http://{}", self.relay.addr)
+    }
+}
+
+/// Forwards TCP connections from `addr` to the store, byte for byte.
+struct Relay {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Relay {
+    fn start(ip: IpAddr, upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind((ip, 0)).expect("binding the store relay");
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for downstream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let (Ok(down), Ok(up)) = (downstream, TcpStream::connect(upstream)) else { continue };
+                let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                pipe(down.try_clone().unwrap(), up.try_clone().unwrap());
+                pipe(up, down);
+            }
+        });
+        Relay { addr, stop }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)); // wakes accept()
+    }
+}
+
+/// Copies `from` to `to` on a thread until EOF, then half-closes `to`.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Write);
+    });
+}
+
+/// A store, a controller and agents; all torn down on drop.
+pub struct Cluster {
+    // Declared first so it is dropped last: the processes are gone by then.
+    store: StoreUnderTest,
+    dir: tempfile::TempDir,
+    controller: Option<Child>,
+    agents: Vec<Agent>,
+    network: Option<Network>,
+}
+
+impl Cluster {
+    /// A store of `backend`, a controller, and one agent per entry of
+    /// `labels` (each `k=v,k=v` or empty), all nodes ready.
+    pub fn start(backend: Backend, labels: &[&str]) -> Self {
+        let store = StoreUnderTest::of(backend);
+        let network = shoal_agent::sys::is_root().then(|| Network::create(&store));
+        let dir = tempfile::Builder::new().prefix("shoal-cluster-").tempdir().expect("creating a temp dir");
+        let mut cluster = Cluster { store, dir, controller: None, agents: Vec::new(), network };
+        cluster.start_controller();
+        for l in labels {
+            cluster.add_agent(l);
+        }
+        cluster.wait_until(Duration::from_secs(20), "every node ready", |c| {
+            c.nodes().iter().filter(|n| n.status.as_ref().is_some_and(|s| s.state == NodeState::Ready)).count() == labels.len()
+        });
+        cluster
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.store.backend()
+    }
+
+    fn start_controller(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("controller.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["--etcd-endpoints", &self.store.endpoint(), "controller", "--identity", "c1"])
+            .args(["--lease-ttl", &CONTROLLER_LEASE_TTL.to_string()])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting shoal controller");
+        self.controller = Some(child);
+    }
+
+    /// Starts one more agent, `node-<n>`, with `labels` (`k=v,k=v`); its index.
+    pub fn add_agent(&mut self, labels: &str) -> usize {
+        let index = self.agents.len();
+        let name = format!("node-{}", index + 1);
+        let dir = self.dir.path().join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (netns, advertise) = match &self.network {
+            Some(network) => {
+                let (netns, address) = network.add_namespace(index);
+                (Some(netns), address)
+            }
+            None => (None, Ipv4Addr::LOCALHOST),
+        };
+        let labels = labels.split(',').filter(|l| !l.is_empty()).map(String::from).collect();
+        self.agents.push(Agent { name, labels, dir, netns, advertise, child: None });
+        self.spawn_agent(index);
+        index
+    }
+
+    fn spawn_agent(&mut self, index: usize) {
+        let endpoint = match &self.network {
+            Some(network) => network.store_endpoint(),
+            None => self.store.endpoint(),
+        };
+        let agent = &mut self.agents[index];
+        let mut command = match &agent.netns {
+            // `ip netns exec` execs the agent: the child's pid is the agent's.
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_shoal")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_shoal")),
+        };
+        command
+            .args(["--etcd-endpoints", &endpoint, "agent", "--name", &agent.name])
+            .args(["--advertise-addr", &agent.advertise.to_string(), "--network", "host"])
+            .args(["--heartbeat-ttl", &HEARTBEAT_TTL.as_secs().to_string()])
+            .arg("--data-dir")
+            .arg(agent.dir.join("data"));
+        for label in &agent.labels {
+            command.args(["--labels", label]);
+        }
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(agent.log_path()).unwrap();
+        let child = command
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting shoal agent");
+        agent.child = Some(child);
+    }
+
+    pub fn agent_name(&self, index: usize) -> &str {
+        &self.agents[index].name
+    }
+
+    /// SIGKILL agent `index`: no shutdown, no lease revoke; its tasks keep running.
+    pub fn kill_agent(&mut self, index: usize) {
+        self.agents[index].kill();
+    }
+
+    /// Starts agent `index` again on its data dir (killing it first if it runs).
+    pub fn restart_agent(&mut self, index: usize) {
+        self.agents[index].kill();
+        self.spawn_agent(index);
+    }
+
+    /// The directory agent `node` keeps task `id`'s records in.
+    pub fn task_dir(&self, node: &str, id: &str) -> PathBuf {
+        let agent = self.agents.iter().find(|a| a.name == node).unwrap_or_else(|| panic!("no agent {node}"));
+        agent.dir.join("data/tasks").join(id)
+    }
+
+    /// Runs `shoal --etcd-endpoints STORE ARGS…`.
+    pub fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["--etcd-endpoints", &self.store.endpoint()])
+            .args(args)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running shoal")
+    }
+
+    /// Stdout of `shoal ARGS…`; panics with its stderr and a state dump when it fails.
+    pub fn shoal_ok(&self, args: &[&str]) -> String {
+        let out = self.shoal(args);
+        if !out.status.success() {
+            panic!("shoal {args:?} failed ({}): {}\n{}", out.status, String::from_utf8_lossy(&out.stderr), self.dump());
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `service ps SERVICE -o json`: every task of the service, history included.
+    pub fn tasks(&self, service: &str) -> Vec<TaskRow> {
+        let json = self.shoal_ok(&["service", "ps", service, "-o", "json"]);
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("service ps -o json: {e}: {json}"))
+    }
+
+    /// The tasks of `service` that really run ([`TaskRow::is_running`]).
+    pub fn running(&self, service: &str) -> Vec<TaskRow> {
+        self.tasks(service).into_iter().filter(TaskRow::is_running).collect()
+    }
+
+    /// Running tasks of `service` per node.
+    pub fn tasks_by_node(&self, service: &str) -> BTreeMap<String, usize> {
+        count_by_node(&self.running(service))
+    }
+
+    /// `node ls -o json`.
+    pub fn nodes(&self) -> Vec<Node> {
+        let json = self.shoal_ok(&["node", "ls", "-o", "json"]);
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("node ls -o json: {e}: {json}"))
+    }
+
+    pub fn node_state(&self, name: &str) -> NodeState {
+        let nodes = self.nodes();
+        let node = nodes.iter().find(|n| n.metadata.name == name).unwrap_or_else(|| panic!("no node {name}\n{}", self.dump()));
+        node.status.as_ref().map(|s| s.state).unwrap_or_default()
+    }
+
+    /// Polls `cond` every 200 ms; panics with `what`, the time waited and a state dump after `timeout`.
+    pub fn wait_until(&self, timeout: Duration, what: &str, mut cond: impl FnMut(&Cluster) -> bool) -> Duration {
+        let start = Instant::now();
+        loop {
+            if cond(self) {
+                return start.elapsed();
+            }
+            if start.elapsed() > timeout {
+                panic!("timed out after {timeout:?} waiting for {what}\n{}", self.dump());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// `node ls`, `service ls`, `service ps` of every service, and the tails of every log.
+    pub fn dump(&self) -> String {
+        let text = |args: &[&str]| {
+            let out = self.shoal(args);
+            format!("$ shoal {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        };
+        let mut dump = format!("===== state dump ({:?} store) =====\n", self.backend());
+        dump += &text(&["node", "ls"]);
+        dump += &text(&["service", "ls"]);
+        let services = self.shoal(&["service", "ls", "-o", "json"]);
+        let services: Vec<serde_json::Value> = serde_json::from_slice(&services.stdout).unwrap_or_default();
+        for name in services.iter().filter_map(|s| s["metadata"]["name"].as_str()) {
+            dump += &text(&["service", "ps", "--no-trunc", name]);
+        }
+        dump += &format!("----- controller log (tail) -----\n{}", tail(&self.dir.path().join("controller.log")));
+        for agent in &self.agents {
+            dump += &format!("----- {} log (tail) -----\n{}", agent.name, tail(&agent.log_path()));
+        }
+        dump + &format!("----- store log (tail) -----\n{}", self.store.log().lines().rev().take(LOG_TAIL).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            let _ = controller.kill();
+            let _ = controller.wait();
+        }
+        for agent in &mut self.agents {
+            agent.kill();
+        }
+        // Shims and tasks outlive their agent by design.
+        kill_processes_under(self.dir.path());
+        for agent in &self.agents {
+            if let Some(netns) = &agent.netns {
+                let pids = Command::new("ip").args(["netns", "pids", netns]).output().map(|o| o.stdout).unwrap_or_default();
+                for pid in String::from_utf8_lossy(&pids).split_whitespace().filter_map(|p| p.parse().ok()) {
+                    sigkill(pid);
+                }
+                quiet(&["ip", "netns", "del", netns]); // takes the veth pair with it
+            }
+        }
+        if let Some(network) = &self.network {
+            quiet(&["ip", "link", "del", &network.bridge]);
+        }
+    }
+}
+
+/// Running tasks per node.
+pub fn count_by_node(rows: &[TaskRow]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for row in rows {
+        *counts.entry(row.node().unwrap_or_default().to_string()).or_default() += 1;
+    }
+    counts
+}
+
+/// SIGKILLs every process whose command line or working directory is under `dir`.
+fn kill_processes_under(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let in_cmdline = String::from_utf8_lossy(&cmdline).contains(&needle);
+        let in_cwd = std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+        if (in_cmdline || in_cwd) && pid != std::process::id() {
+            sigkill(pid);
+        }
+    }
+}
+
+fn sigkill(pid: u32) {
+    let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+}
+
+/// The last [`LOG_TAIL`] lines of a file.
+fn tail(path: &Path) -> String {
+    let mut text = String::new();
+    let _ = std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n") + "\n"
+}
+
+/// Runs a command that must succeed.
+fn run(argv: &[&str]) {
+    let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+    assert!(out.status.success(), "{argv:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Runs a command, ignoring its outcome; true when it succeeded.
+fn quiet(argv: &[&str]) -> bool {
+    Command::new(argv[0]).args(&argv[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
