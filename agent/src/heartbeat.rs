@@ -5,8 +5,9 @@
 //! The key is created only when absent (compare mod_revision = 0). If it
 //! exists, it is either this node's previous agent's (its lease id is kept
 //! in `{data_dir}/lease`: the key is moved onto a new lease in one
-//! transaction, never absent, and the old lease revoked) or another live agent using the same name (this one waits for it
-//! to go and says so). A lost lease (store unreachable longer than the TTL)
+//! transaction, so it is never absent, and the old lease revoked) or
+//! another live agent using the same name (this one waits for it to go and
+//! says so). A lost lease (store unreachable longer than the TTL)
 //! is re-granted and the key re-created.
 
 use std::path::PathBuf;
