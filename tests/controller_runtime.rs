@@ -15,9 +15,9 @@ use shoal_controllers::runtime::{Action, Backoff, Controller, Decision, Recorder
 use shoal_crd::{ObjectMeta, Resource};
 use shoal_store::client::election::{leader, Election};
 use shoal_store::client::reflector::reflector;
-use shoal_store::client::{Store, StoreConfig, StoreError};
+use shoal_store::client::{Store, StoreError};
 use shoal_store::proto::{LeaseRevokeRequest, RangeRequest};
-use support::StoreUnderTest;
+use support::{connect, StoreUnderTest};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
@@ -59,25 +59,7 @@ fn dial(name: &str, level: u32) -> Dial {
     Dial { metadata: ObjectMeta::named(name), spec: DialSpec { level }, status: DialStatus::default() }
 }
 
-async fn connect(backend: &StoreUnderTest) -> Store {
-    Store::connect(&StoreConfig::for_endpoint(backend.endpoint())).await.expect("connect")
-}
-
-/// Runs each scenario against the embedded store and against etcd.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(&super::StoreUnderTest::embedded()).await } )*
-        }
-        mod etcd {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(&super::StoreUnderTest::etcd()).await } )*
-        }
-    };
-}
-
-on_both_backends!(
+async_on_both_backends!(
     status_converges_to_every_new_generation,
     a_deleted_object_is_reconciled_once_with_none,
     a_failing_reconcile_is_retried_with_growing_backoff,

@@ -15,7 +15,7 @@ use shoal_store::client::lease::Lease;
 use shoal_store::client::reflector::reflector;
 use shoal_store::client::watcher::{watcher, WatchEvent};
 use shoal_store::client::{ApplyPlan, Change, Store, StoreConfig, StoreError};
-use support::StoreUnderTest;
+use support::{connect, StoreUnderTest};
 
 /// A minimal kind for exercising the client without depending on real specs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -54,25 +54,7 @@ fn widget(name: &str, size: u32) -> Widget {
     Widget { metadata: ObjectMeta::named(name), spec: WidgetSpec { size }, status: WidgetStatus::default() }
 }
 
-async fn connect(backend: &StoreUnderTest) -> Store {
-    Store::connect(&StoreConfig::for_endpoint(backend.endpoint())).await.expect("connect")
-}
-
-/// Runs each scenario against the embedded store and against etcd.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(&super::StoreUnderTest::embedded()).await } )*
-        }
-        mod etcd {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { super::$name(&super::StoreUnderTest::etcd()).await } )*
-        }
-    };
-}
-
-on_both_backends!(
+async_on_both_backends!(
     create_sets_identity_and_refuses_duplicates,
     update_bumps_generation_only_when_spec_changes,
     stale_update_is_a_conflict_and_changes_nothing,

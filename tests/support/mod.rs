@@ -224,3 +224,25 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A typed store client for `backend`.
+pub async fn connect(backend: &StoreUnderTest) -> shoal_store::client::Store {
+    let config = shoal_store::client::StoreConfig::for_endpoint(backend.endpoint());
+    shoal_store::client::Store::connect(&config).await.expect("connect to the store under test")
+}
+
+/// Generates `embedded::NAME` and `etcd::NAME` tokio tests that run the
+/// async scenario `NAME(&StoreUnderTest)` against each backend.
+#[macro_export]
+macro_rules! async_on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(&super::StoreUnderTest::embedded()).await } )*
+        }
+        mod etcd {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { super::$name(&super::StoreUnderTest::etcd()).await } )*
+        }
+    };
+}
