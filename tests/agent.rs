@@ -14,6 +14,12 @@
 //! are gone. Each such test uses its own bridge and subnet, so tests run
 //! concurrently.
 //!
+//! Health checks with real probes (`shoal demo probe`, found on the demo
+//! image's PATH): a task turns healthy; one whose /health starts failing is
+//! stopped and failed as "task: unhealthy container"; failures during the
+//! start period do not count; as root, a probe of 127.0.0.1:80 reaches the
+//! task's own namespace and probing resumes after an agent restart.
+//!
 //! Every spawned process (agents, shims, tasks) is SIGKILLed by a Drop
 //! guard, also when a test fails; namespaces, links and nftables tables by
 //! another ([`NetworkGuard`]).
@@ -27,7 +33,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shoal_agent::network::task::{netns_name, veth_name};
-use shoal_crd::{heartbeat_key, Node, ServiceSpec, Task, TaskNetwork, TaskObservation, TaskSpec, TaskState};
+use shoal_crd::{heartbeat_key, HealthCheck, HealthStatus, Node, ServiceSpec, Task, TaskNetwork, TaskObservation, TaskSpec, TaskState, TaskStatus};
 use shoal_store::client::{Store, StoreConfig};
 use shoal_store::proto::RangeRequest;
 use support::{free_port, Backend, StoreUnderTest};
@@ -441,4 +447,112 @@ async fn the_agent_takes_task_addresses_from_the_subnet_the_controllers_give_its
     let address = namespace_address(&observation);
     assert_eq!(address, Ipv4Addr::new(10, 201, 2, 2));
     assert_eq!(answer_on_port_80(&agent, address).await["task"].as_str(), Some(id.as_str()));
+}
+
+/// `task` with a `shoal demo probe URL` healthcheck: every 500 ms, `retries`
+/// failures, a `start_period` probed every 200 ms.
+fn with_probe(mut task: Task, url: &str, retries: u64, start_period: Duration) -> Task {
+    task.spec.spec.healthcheck = Some(HealthCheck {
+        test: ["CMD", "shoal", "demo", "probe", url].map(String::from).to_vec(),
+        interval: shoal_crd::Duration::from_millis(500),
+        timeout: shoal_crd::Duration::from_secs(2),
+        retries,
+        start_period: shoal_crd::Duration(start_period),
+        start_interval: shoal_crd::Duration::from_millis(200),
+    });
+    task
+}
+
+/// The task's observed status once `done` holds for it.
+async fn status_when(store: &Store, agent: &AgentUnderTest, id: &str, what: &str, done: impl Fn(&TaskStatus) -> bool) -> TaskStatus {
+    eventually(agent, Duration::from_secs(15), &format!("task {id} to be {what}"), async || {
+        let status = store.get::<TaskObservation>(id).await.ok().flatten()?.status?;
+        done(&status).then_some(status)
+    })
+    .await
+}
+
+fn health_is(status: &TaskStatus, wanted: HealthStatus) -> bool {
+    status.health.as_ref().is_some_and(|h| h.status == wanted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_mark_tasks_healthy_and_fail_unhealthy_ones_but_not_during_the_start_period() {
+    let server = StoreUnderTest::embedded();
+    let store = client(&server).await;
+    let agent = AgentUnderTest::start(&server, "node-health");
+    let [fine, sick, slow] = [free_port(), free_port(), free_port()];
+    let listen = |port: u16| format!("127.0.0.1:{port}");
+    let health = |port: u16| format!("http://127.0.0.1:{port}/health");
+    let tasks = [
+        with_probe(demo_task("t-fine", "node-health", "shoal/demo:1.0", &[("DEMO_LISTEN", &listen(fine))]), &health(fine), 2, Duration::ZERO),
+        with_probe(
+            demo_task("t-sick", "node-health", "shoal/demo:1.0", &[("DEMO_LISTEN", &listen(sick)), ("DEMO_UNHEALTHY_AFTER", "2s")]),
+            &health(sick),
+            2,
+            Duration::ZERO,
+        ),
+        // Listens only after 1.5 s: the probes before fail, inside a 3 s start period.
+        with_probe(
+            demo_task("t-slow", "node-health", "shoal/demo:1.0", &[("DEMO_LISTEN", &listen(slow)), ("DEMO_START_DELAY", "1500ms")]),
+            &health(slow),
+            1,
+            Duration::from_secs(3),
+        ),
+    ];
+    for task in tasks {
+        store.create(task).await.unwrap();
+    }
+
+    // Running but not ready until a probe passed.
+    let starting = observation_in(&store, &agent, "t-fine", TaskState::Running).await.status.unwrap();
+    assert!(starting.health.is_some(), "a task with a probe has a health from the start: {starting:?}");
+    assert!(!health_is(&starting, HealthStatus::Starting) || !starting.is_ready(), "starting is not ready: {starting:?}");
+    let healthy = status_when(&store, &agent, "t-fine", "healthy", |s| health_is(s, HealthStatus::Healthy)).await;
+    assert!(healthy.is_ready() && healthy.state == TaskState::Running);
+    let last = healthy.health.as_ref().unwrap().log.last().cloned().expect("a logged probe");
+    assert_eq!(last.exit_code, 0, "{last:?}");
+    assert!(last.output.contains("200"), "the probe's output is logged: {last:?}");
+
+    // Healthy, then 503: two failures later stopped and failed, Docker's wording.
+    let pid = observation_in(&store, &agent, "t-sick", TaskState::Running).await.spec.pid.unwrap();
+    status_when(&store, &agent, "t-sick", "healthy", |s| health_is(s, HealthStatus::Healthy)).await;
+    let failed = observation_in(&store, &agent, "t-sick", TaskState::Failed).await.status.unwrap();
+    assert_eq!((failed.message.as_str(), failed.exit_code), ("task: unhealthy container", Some(0)), "stopped with SIGTERM: {failed:?}");
+    let health = failed.health.as_ref().unwrap();
+    assert_eq!((health.status, health.failing_streak), (HealthStatus::Unhealthy, 2));
+    assert!(health.log.len() <= 5 && health.log.iter().rev().take(2).all(|r| r.exit_code == 1 && r.output.contains("503")), "{health:?}");
+    assert!(!alive(pid), "the unhealthy task's process still runs");
+
+    // Refused connections in the start period did not count (retries 1).
+    let slow_status = status_when(&store, &agent, "t-slow", "healthy", |s| health_is(s, HealthStatus::Healthy) || s.state != TaskState::Running).await;
+    assert_eq!(slow_status.state, TaskState::Running, "{slow_status:?}");
+    let log = &slow_status.health.as_ref().unwrap().log;
+    assert!(log.iter().any(|r| r.exit_code != 0), "no failure during the start period was logged: {log:?}");
+    let fine_now = store.require::<TaskObservation>("t-fine").await.unwrap().status.unwrap();
+    assert!(fine_now.is_ready(), "the healthy task was left alone: {fine_now:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_of_127_0_0_1_port_80_reaches_the_tasks_own_namespace_and_resumes_after_an_agent_restart() {
+    assert_root();
+    assert!(TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], 80)), Duration::from_secs(1)).is_err(), "the host must have nothing on port 80");
+    let id = unique("ns-probe");
+    let network = NetworkGuard::new("shtest3", "10.201.3.0/24", &[&id]);
+    let server = StoreUnderTest::embedded();
+    let store = client(&server).await;
+    let mut agent = AgentUnderTest::start_with(&server, "node-probe", &network.flags(true));
+    let task = demo_task(&id, "node-probe", "shoal/demo:1.0", &[("DEMO_LISTEN", "0.0.0.0:80")]);
+    store.create(with_probe(task, "http://127.0.0.1:80/health", 2, Duration::ZERO)).await.unwrap();
+    let healthy = status_when(&store, &agent, &id, "healthy", |s| health_is(s, HealthStatus::Healthy) || s.state != TaskState::Running).await;
+    assert!(healthy.is_ready(), "{healthy:?}");
+    let pid = store.require::<TaskObservation>(&id).await.unwrap().spec.pid;
+
+    // A restarted agent re-adopts the task and keeps probing it.
+    agent.kill();
+    let restarted = chrono::Utc::now();
+    agent.spawn();
+    let resumed = status_when(&store, &agent, &id, "probed after the restart", |s| s.health.as_ref().and_then(|h| h.log.last()).is_some_and(|r| r.start > restarted)).await;
+    assert!(health_is(&resumed, HealthStatus::Healthy) && resumed.state == TaskState::Running, "{resumed:?}");
+    assert_eq!(store.require::<TaskObservation>(&id).await.unwrap().spec.pid, pid, "re-adopted, not restarted");
 }

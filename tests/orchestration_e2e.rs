@@ -88,10 +88,9 @@ fn a_killed_agents_replicas_move_within_five_seconds_of_its_lease_expiring(backe
         let by_node = c.tasks_by_node("web");
         by_node.values().sum::<usize>() == 6 && !by_node.contains_key(&victim)
     });
-    let moved = down + moved;
-    println!("{backend:?}: node down {down:?} after the kill (TTL {HEARTBEAT_TTL:?}); replicas running elsewhere {moved:?} after it");
+    println!("{backend:?}: node down {down:?} after the kill (heartbeat TTL {HEARTBEAT_TTL:?}), replicas running elsewhere {moved:?} later ({:?} after the kill)", down + moved);
     assert!(down <= HEARTBEAT_TTL + Duration::from_secs(2), "node marked down {down:?} after the kill\n{}", cluster.dump());
-    assert!(moved - down <= Duration::from_secs(5), "replicas moved {:?} after the node went down\n{}", moved - down, cluster.dump());
+    assert!(moved <= Duration::from_secs(5), "replicas running elsewhere {moved:?} after the node went down\n{}", cluster.dump());
     assert!(stale.iter().all(|p| alive(*p)), "tasks outlive their agent until it says otherwise");
 
     // The agent returns: its stale tasks are stopped, no slot runs twice.
@@ -152,7 +151,7 @@ fn constraints_and_max_replicas_per_node_hold(backend: Backend) {
 
     cluster.wait_until(CONVERGE, "2 capped replicas running and the third pending with a reason", |c| {
         let tasks = c.tasks("capped");
-        let pending = tasks.iter().filter(|r| r.node().is_none() && r.task.status.as_ref().is_some_and(|s| s.state == TaskState::Pending && !s.message.is_empty()));
+        let pending = tasks.iter().filter(|r| r.node().is_none() && r.task.status.as_ref().is_some_and(|s| s.state == TaskState::Pending && s.message.starts_with("no suitable node")));
         c.tasks_by_node("capped") == spread(&[("node-2", 1), ("node-3", 1)]) && pending.count() == 1
     });
     std::thread::sleep(Duration::from_secs(1));

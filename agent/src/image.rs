@@ -8,7 +8,10 @@
 //! 1. in the catalog file (`shoal agent --image-catalog FILE`) under
 //!    `name:tag`, then under `name` alone (any tag);
 //! 2. built in: `shoal/demo:<tag>` runs `[<this shoal binary>, "demo",
-//!    "serve"]` with `DEMO_VERSION=<tag>` (tag `latest` when absent).
+//!    "serve"]` with `DEMO_VERSION=<tag>` (tag `latest` when absent) and
+//!    this binary's directory first on `PATH`, so a healthcheck can run
+//!    `["CMD", "shoal", "demo", "probe", "http://127.0.0.1/health"]` without
+//!    host tools (the demo image's `wget`).
 //!
 //! A `docker.io/` or `docker.io/library/` prefix is ignored. An image found
 //! nowhere is refused: the task is `rejected` with "image not found in the
@@ -36,6 +39,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 use shoal_crd::ServiceSpec;
+
+use crate::launch::DEFAULT_PATH;
 
 /// The image the agent runs itself as, for docs and tests.
 pub const DEMO_IMAGE: &str = "shoal/demo";
@@ -106,10 +111,14 @@ impl ImageCatalog {
             return Ok(found.clone());
         }
         if name == DEMO_IMAGE {
+            let path = match self.shoal_exe.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => format!("{}:{DEFAULT_PATH}", dir.display()),
+                _ => DEFAULT_PATH.to_string(),
+            };
             return Ok(ImageConfig {
                 entrypoint: vec![self.shoal_exe.display().to_string(), "demo".into(), "serve".into()],
                 command: vec![],
-                env: BTreeMap::from([("DEMO_VERSION".into(), tag.unwrap_or("latest").into())]),
+                env: BTreeMap::from([("DEMO_VERSION".into(), tag.unwrap_or("latest").into()), ("PATH".into(), path)]),
             });
         }
         Err(ImageError::NotFound(image.to_string()))
@@ -195,6 +204,7 @@ mod tests {
         let resolved = catalog().resolve(&spec("shoal/demo:1.0")).unwrap();
         assert_eq!(resolved.argv, ["/usr/bin/shoal", "demo", "serve"]);
         assert_eq!(resolved.env["DEMO_VERSION"], "1.0");
+        assert_eq!(resolved.env["PATH"], format!("/usr/bin:{DEFAULT_PATH}"), "`shoal` is found first, by probes too");
     }
 
     #[test]

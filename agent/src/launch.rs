@@ -3,6 +3,7 @@
 //! `SHOAL_SERVICE_NAME`, `SHOAL_NODE_NAME`, `SHOAL_IMAGE`, `SHOAL_TASK_SLOT`),
 //! its working directory and the user it runs as.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use shoal_crd::Task;
@@ -10,6 +11,17 @@ use shoal_crd::Task;
 use crate::image::ResolvedImage;
 use crate::sys;
 use crate::taskdir::Launch;
+
+/// `PATH` for tasks whose environment sets none (Docker's default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The complete environment of a process in the task's context (the task
+/// itself, its probes): the launch's, with [`DEFAULT_PATH`] when it sets no `PATH`.
+pub fn process_env(launch: &Launch) -> BTreeMap<String, String> {
+    let mut env = launch.env.clone();
+    env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    env
+}
 
 /// Why a task's launch could not be built.
 #[derive(Debug, thiserror::Error)]

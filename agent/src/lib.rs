@@ -8,6 +8,7 @@
 //! - [`worker`]: one task's driver, step by step, with re-adoption.
 //! - [`state`]: the task state machine as pure functions.
 //! - [`observation`]: the TaskObservation the agent writes (never the Task).
+//! - [`health`]: health probes in the task's context, starting → healthy / unhealthy.
 //! - [`image`]: image → command, the local image catalog.
 //! - [`launch`]: env, working dir and user of a task's process.
 //! - [`runtime`]: the runtime trait and the process runtime.
@@ -21,11 +22,12 @@
 //! status facts only), `{prefix}/heartbeats/<name>` (lease-attached) and
 //! `{prefix}/taskobservations/<task id>`; it only reads `{prefix}/tasks/`.
 //!
-//! Not yet: health probes, configs/secrets, data plane, DNS, routes between
+//! Not yet: configs/secrets, data plane, DNS, routes between
 //! nodes' task subnets.
 
 pub mod agent;
 pub mod config;
+pub mod health;
 pub mod heartbeat;
 pub mod image;
 pub mod launch;

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use shoal_crd::{Resource, TaskObservation, TaskObservationSpec, TaskState, TaskStatus};
+use shoal_crd::{Resource, TaskHealth, TaskObservation, TaskObservationSpec, TaskState, TaskStatus};
 use shoal_store::client::{Store, StoreError};
 
 use crate::runtime::NetworkInfo;
@@ -32,6 +32,8 @@ pub struct ObservationWriter {
     network: NetworkInfo,
     /// Where the task's logs are, reported with every state.
     log_dir: Option<String>,
+    /// The task's health, reported with every state (`None`: no probe).
+    health: Option<TaskHealth>,
     current: Option<TaskObservation>,
 }
 
@@ -39,7 +41,7 @@ impl ObservationWriter {
     /// Reads the task's current observation, if any.
     pub async fn load(store: Store, task_id: &str, node: &str) -> Result<Self, StoreError> {
         let current = store.get::<TaskObservation>(task_id).await?;
-        Ok(Self { store, name: task_id.into(), node: node.into(), network: NetworkInfo::default(), log_dir: None, current })
+        Ok(Self { store, name: task_id.into(), node: node.into(), network: NetworkInfo::default(), log_dir: None, health: None, current })
     }
 
     /// Sets the network the next writes report (the runtime's facts).
@@ -56,6 +58,11 @@ impl ObservationWriter {
     /// had stays on the record.
     pub fn release_addresses(&mut self) {
         self.network.addresses.clear();
+    }
+
+    /// Sets the health the next writes report.
+    pub fn set_health(&mut self, health: Option<TaskHealth>) {
+        self.health = health;
     }
 
     /// The last written observation, if it is about the task with `task_uid`.
@@ -76,6 +83,7 @@ impl ObservationWriter {
                 _ => previous.started_at,
             },
             exit_code: report.exit_code,
+            health: self.health.clone(),
         };
         let spec = TaskObservationSpec {
             node_id: self.node.clone(),
@@ -85,6 +93,24 @@ impl ObservationWriter {
             addresses: self.network.addresses.clone(),
             log_dir: self.log_dir.clone(),
         };
+        self.put(spec, status).await;
+    }
+
+    /// Rewrites the last observation of the task with `task_uid` with the
+    /// current health, if that differs; state, message and timestamp stay.
+    pub async fn write_health(&mut self, task_uid: &str) {
+        let Some(current) = self.current_for(task_uid) else { return };
+        let mut status = current.status.clone().unwrap_or_default();
+        if status.health == self.health {
+            return;
+        }
+        status.health = self.health.clone();
+        let spec = current.spec.clone();
+        self.put(spec, status).await;
+    }
+
+    /// Writes `spec` and `status` as the observation, retrying until it lands.
+    async fn put(&mut self, spec: TaskObservationSpec, status: TaskStatus) {
         let mut attempt = 0u32;
         loop {
             let mut object = TaskObservation::new(self.name.clone(), spec.clone());

@@ -22,9 +22,6 @@ use crate::logs::{copy_into, RotatingFile};
 use crate::sys;
 use crate::taskdir::{ExitRecord, PidRecord, TaskDir};
 
-/// `PATH` for tasks whose environment sets none (Docker's default).
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// Why the shim could not supervise its task.
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
@@ -55,8 +52,7 @@ pub fn run(dir: PathBuf) -> Result<(), ShimError> {
             return task.write_exit(&failure(format!("cannot enter the network namespace {}: {err}", netns.display()))).map_err(record);
         }
     }
-    let mut env = launch.env.clone();
-    env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    let env = crate::launch::process_env(&launch);
     let mut command = Command::new(program);
     command
         .args(args)

@@ -2,6 +2,10 @@
 //! advances it one [`Step`] at a time, writing each new state to its
 //! observation, and re-reads the desired state whenever the Task changes.
 //!
+//! While a task with a healthcheck runs, its [`HealthMonitor`] probes it:
+//! the worker writes each new health to the observation and stops a task
+//! that turned unhealthy, reporting it failed ("task: unhealthy container").
+//!
 //! On start it recovers: what the runtime still holds (a running process is
 //! re-adopted, never restarted) and the last observation decide where it
 //! resumes. When the Task disappears (or, at agent start, a task directory
@@ -12,15 +16,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_crd::{Task, TaskState};
+use shoal_crd::{HealthStatus, Task, TaskHealth, TaskState};
 use shoal_store::client::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::health::{self, HealthMonitor, Outcome, ProbeConfig};
 use crate::image::ImageCatalog;
 use crate::launch::{self, LaunchDefaults};
 use crate::observation::{ObservationWriter, Report};
-use crate::runtime::{Inspection, Runtime, Started};
+use crate::runtime::{Inspection, Runtime, RuntimeError, Started};
 use crate::state::{exit_outcome, next_step, Step};
 use crate::sys;
 use crate::taskdir::ExitRecord;
@@ -54,7 +59,7 @@ pub fn spawn<R: Runtime>(ctx: Arc<Context<R>>, id: String, task: Option<Arc<Task
             }
         };
         observation.set_log_dir(crate::taskdir::TaskDir::new(&ctx.launch.data_dir, &id).path());
-        Worker { ctx, id, rx, observation, state: TaskState::Assigned, last: None }.run().await;
+        Worker { ctx, id, rx, observation, state: TaskState::Assigned, last: None, health: None }.run().await;
     });
     (tx, handle)
 }
@@ -67,6 +72,8 @@ struct Worker<R> {
     state: TaskState,
     /// The last Task seen, for its stop settings once it is gone.
     last: Option<Arc<Task>>,
+    /// The prober of the running task, if it has a healthcheck.
+    health: Option<HealthMonitor>,
 }
 
 impl<R: Runtime> Worker<R> {
@@ -90,9 +97,11 @@ impl<R: Runtime> Worker<R> {
                 Step::Prepare => self.prepare(&task).await,
                 Step::Start => self.start(&task).await,
                 Step::Wait => {
+                    self.watch_health(&task);
                     tokio::select! {
                         exit = self.ctx.runtime.wait(&self.id) => self.exited(&task, exit.unwrap_or_else(|e| error_exit(e.to_string())), false).await,
                         changed = self.rx.changed() => if changed.is_err() { return },
+                        health = health::monitor::next(&mut self.health) => self.health_changed(&task, health).await,
                     }
                 }
                 Step::Stop => {
@@ -115,6 +124,8 @@ impl<R: Runtime> Worker<R> {
     /// Picks up after an earlier agent: runtime facts first, then the last observation.
     async fn recover(&mut self, task: &Task) {
         self.observation.attach(self.ctx.runtime.network(&self.id));
+        let observed_health = self.observation.current_for(&task.metadata.uid).and_then(|o| o.status.as_ref()?.health.clone());
+        self.observation.set_health(observed_health);
         let observed = self.observation.current_for(&task.metadata.uid).and_then(|o| o.status.as_ref().map(|s| (s.state, o.spec.pid)));
         let inspection = self.ctx.runtime.inspect(&self.id).unwrap_or(Inspection::Absent);
         self.state = match (observed, inspection) {
@@ -165,6 +176,8 @@ impl<R: Runtime> Worker<R> {
         self.report(task, Report { state: TaskState::Starting, message: "starting".into(), ..Default::default() }).await;
         match self.ctx.runtime.start(&self.id).await {
             Ok(Started::Running(pid)) => {
+                // A task with a probe is `starting` from the moment it runs.
+                self.observation.set_health(ProbeConfig::from_spec(task.spec.spec.healthcheck.as_ref()).map(|_| TaskHealth::default()));
                 let report = Report { state: TaskState::Running, message: "running".into(), pid: Some(pid.pid), ..Default::default() };
                 self.report(task, report).await;
             }
@@ -173,8 +186,49 @@ impl<R: Runtime> Worker<R> {
         }
     }
 
+    /// Starts probing the running task unless it has no healthcheck or is
+    /// probed already; a re-adopted task resumes from its observed health.
+    fn watch_health(&mut self, task: &Task) {
+        if self.health.is_some() {
+            return;
+        }
+        let Some(probe) = ProbeConfig::from_spec(task.spec.spec.healthcheck.as_ref()) else { return };
+        let observed = self.observation.current_for(&task.metadata.uid).and_then(|o| o.status.as_ref()?.health.clone());
+        let started = match self.ctx.runtime.inspect(&self.id) {
+            Ok(Inspection::Running(pid)) => {
+                let ago = (chrono::Utc::now() - pid.started_at).to_std().unwrap_or_default();
+                tokio::time::Instant::now().checked_sub(ago).unwrap_or_else(tokio::time::Instant::now)
+            }
+            _ => tokio::time::Instant::now(),
+        };
+        let (ctx, id) = (self.ctx.clone(), self.id.clone());
+        let run = move |argv: Vec<String>, timeout: Duration| {
+            let (ctx, id) = (ctx.clone(), id.clone());
+            async move { probe_outcome(ctx.runtime.exec(&id, &argv, timeout).await) }
+        };
+        self.health = Some(HealthMonitor::spawn(probe, observed.unwrap_or_default(), started, run));
+    }
+
+    /// A probe ran: the new health goes into the observation; an unhealthy
+    /// task is stopped and failed, for the controllers to replace.
+    async fn health_changed(&mut self, task: &Task, health: TaskHealth) {
+        let status = health.status;
+        let previous = self.observation.current_for(&task.metadata.uid).and_then(|o| o.status.as_ref()?.health.as_ref().map(|h| h.status));
+        if previous != Some(status) {
+            let output = health.log.last().map(|r| r.output.trim().to_string()).unwrap_or_default();
+            tracing::info!(task = %self.id, service = %task.spec.service_name, ?status, failing_streak = health.failing_streak, last_output = %output, "task health");
+        }
+        self.observation.set_health(Some(health));
+        self.observation.write_health(&task.metadata.uid).await;
+        if status == HealthStatus::Unhealthy {
+            let exit = self.stop(Some(task)).await;
+            self.finish(task, exit, (TaskState::Failed, health::UNHEALTHY_MESSAGE.into())).await;
+        }
+    }
+
     /// Stops the process with the task's stop signal and grace period.
     async fn stop(&mut self, task: Option<&Task>) -> ExitRecord {
+        self.health = None;
         let (signal, grace) = match task {
             Some(task) => {
                 let spec = &task.spec.spec;
@@ -188,11 +242,17 @@ impl<R: Runtime> Worker<R> {
 
     /// The process ended: free its network, then report the final state.
     async fn exited(&mut self, task: &Task, exit: ExitRecord, stopping: bool) {
+        let outcome = exit_outcome(&exit, stopping);
+        self.finish(task, exit, outcome).await;
+    }
+
+    /// The process ended with `outcome`: stop probing, free its network, report.
+    async fn finish(&mut self, task: &Task, exit: ExitRecord, (state, message): (TaskState, String)) {
+        self.health = None;
         if let Err(err) = self.ctx.runtime.release(&self.id) {
             tracing::warn!(task = %self.id, error = %err, "cannot release the task's network");
         }
         self.observation.release_addresses();
-        let (state, message) = exit_outcome(&exit, stopping);
         self.report(task, Report { state, message, pid: None, exit_code: exit.code }).await;
     }
 
@@ -225,6 +285,16 @@ impl<R: Runtime> Worker<R> {
         );
         self.state = report.state;
         self.observation.write(&task.metadata.uid, report).await;
+    }
+}
+
+/// A probe run as its health log records it: Docker's exit code -1 and
+/// wording when it could not run or timed out.
+fn probe_outcome(result: Result<crate::runtime::ExecOutput, RuntimeError>) -> Outcome {
+    match result {
+        Ok(output) => Outcome { exit_code: output.exit_code, output: output.output },
+        Err(RuntimeError::ExecTimeout { timeout, .. }) => Outcome { exit_code: -1, output: format!("Health check exceeded timeout ({timeout:?})") },
+        Err(err) => Outcome { exit_code: -1, output: err.to_string() },
     }
 }
 

@@ -49,6 +49,12 @@ pub enum Command {
     /// List and update nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage configs: non-secret files mounted into tasks.
+    #[command(subcommand)]
+    Config(FileObjectCommand),
+    /// Manage secrets: values stored only encrypted, mounted into tasks.
+    #[command(subcommand)]
+    Secret(FileObjectCommand),
     /// Show the controllers' decisions, one line each.
     Events {
         /// Keep printing new events.
@@ -206,6 +212,24 @@ pub enum ServiceCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Change a service; its tasks are replaced by a rolling update.
+    Update(Box<crate::commands::service_update::ServiceUpdateArgs>),
+    /// Go back to the previous spec (or an earlier revision).
+    Rollback {
+        /// Revision to go back to (`service history` lists them).
+        #[arg(long)]
+        to_revision: Option<i64>,
+        /// Return at once instead of following the rollback.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        /// Service name.
+        name: String,
+    },
+    /// List a service's revisions.
+    History {
+        /// Service name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +244,8 @@ pub enum BenchCommand {
 pub enum DemoCommand {
     /// Serve the demo HTTP app (/ tells who answered, /health for probes).
     Serve(crate::commands::demo::DemoArgs),
+    /// GET an http:// URL: exit 0 on 2xx, 1 otherwise (a healthcheck needing no host tools).
+    Probe(crate::commands::demo::ProbeArgs),
 }
 
 /// `shoal service create`.
@@ -275,4 +301,42 @@ pub struct NodeUpdateArgs {
     pub label_rm: Vec<String>,
     /// Node name.
     pub name: String,
+}
+
+/// `shoal config …` and `shoal secret …`: the same verbs for both kinds.
+#[derive(Debug, Subcommand)]
+pub enum FileObjectCommand {
+    /// Create from a file or standard input (`-`); prints the new ID.
+    Create(FileObjectCreateArgs),
+    /// List them: ID, NAME, CREATED, UPDATED.
+    Ls {
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Show them as Docker does (a config's data in base64 under Spec.Data; a secret's value never).
+    Inspect {
+        /// Names or IDs.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(short, long, value_enum, default_value_t = OutputFormat::Json)]
+        output: OutputFormat,
+    },
+    /// Remove them; refused while a service uses one.
+    Rm {
+        /// Names or IDs.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// `config create` / `secret create`.
+#[derive(Debug, Args)]
+pub struct FileObjectCreateArgs {
+    /// Labels (KEY=VALUE).
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
+    /// Name.
+    pub name: String,
+    /// File with the value, or `-` for standard input.
+    pub file: String,
 }

@@ -5,6 +5,7 @@
 //! - [`service`]: replicated and global services, scaling, restart policy,
 //!   moving tasks off down or drained nodes, task history.
 //! - [`scheduler`]: assigns nodes to tasks (filters, then spread).
+//! - [`update`]: rolling updates and rollbacks; service revisions.
 //! - [`nodes`]: node readiness from agent heartbeats.
 //! - [`manager`]: leader election around all loops ([`manager::run_all`]).
 //! - Shared by the loops: [`caches`] (one reflector per kind), [`tasks`]
@@ -17,8 +18,11 @@
 //! Service's status; a Node's `status.state`. Never TaskObservations or
 //! heartbeats (agents), nor any spec a user writes.
 //!
-//! Next, in the same shape: update (rolling update and rollback), health,
-//! secret rotation and endpoints.
+//! The update loop also writes a replaced task's `desiredState`, its
+//! start-first replacements, a Service's `status.updateStatus` (and its
+//! spec for an automatic rollback) and ServiceRevision objects.
+//!
+//! Next, in the same shape: health, secret rotation and endpoints.
 
 pub mod caches;
 pub mod expectations;
@@ -29,6 +33,7 @@ pub mod runtime;
 pub mod scheduler;
 pub mod service;
 pub mod tasks;
+pub mod update;
 pub mod writes;
 
 pub use manager::{run_all, run_with, Settings};

@@ -16,11 +16,13 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use shoal_store::client::election::Election;
+use shoal_crd::ServiceRevision;
+use shoal_store::client::reflector::reflector;
 use shoal_store::client::Store;
 
 use crate::caches::Caches;
 use crate::nodes::heartbeats::Heartbeats;
-use crate::{nodes, scheduler, service};
+use crate::{nodes, scheduler, service, update};
 
 /// The election every controller manager campaigns in.
 pub const ELECTION: &str = "controllers";
@@ -34,12 +36,19 @@ pub struct Settings {
     pub lease_ttl_secs: i64,
     /// Finished tasks kept per slot.
     pub task_history_limit: usize,
+    /// Spec revisions kept per service (for rollback).
+    pub revision_history_limit: usize,
 }
 
 impl Settings {
-    /// Defaults for `identity`: a 5 s lease, Docker's history limit of 5.
+    /// Defaults for `identity`: a 5 s lease, Docker's history limit of 5, 10 revisions.
     pub fn new(identity: &str) -> Self {
-        Self { identity: identity.to_string(), lease_ttl_secs: 5, task_history_limit: service::DEFAULT_HISTORY_LIMIT }
+        Self {
+            identity: identity.to_string(),
+            lease_ttl_secs: 5,
+            task_history_limit: service::DEFAULT_HISTORY_LIMIT,
+            revision_history_limit: update::revisions::DEFAULT_LIMIT,
+        }
     }
 }
 
@@ -93,11 +102,14 @@ pub async fn run_with(store: Store, settings: Settings, shutdown: impl Future<Ou
 /// Runs every loop on `store` (fenced) until `term_over` resolves.
 pub async fn lead(store: Store, settings: &Settings, term_over: impl Future<Output = ()> + Send) {
     let (caches, _reflectors) = Caches::start(&store);
+    let (revisions, revisions_task) = reflector::<ServiceRevision>(store.clone());
+    let _revisions_task = AbortOnDrop(revisions_task);
     let (heartbeats, heartbeat_task) = Heartbeats::start(store.clone());
     let _heartbeat_task = AbortOnDrop(heartbeat_task);
     let term_over = term_over.shared();
     let service = Arc::new(service::Context::new(store.clone(), caches.clone(), settings.task_history_limit));
     let scheduler = Arc::new(scheduler::Context::new(store.clone(), caches.clone()));
+    let update = Arc::new(update::Context::new(store.clone(), caches.clone(), revisions, settings.revision_history_limit));
     let nodes = Arc::new(nodes::Context::new(store, caches.nodes.clone(), heartbeats));
     let settled = async {
         nodes::settle(&nodes).await;
@@ -110,6 +122,7 @@ pub async fn lead(store: Store, settings: &Settings, term_over: impl Future<Outp
     tokio::join!(
         service::run(service, term_over.clone()),
         scheduler::run(scheduler, term_over.clone()),
+        update::run(update, term_over.clone()),
         nodes::run(nodes, term_over.clone()),
     );
 }

@@ -20,6 +20,11 @@ pub struct TaskView {
     pub exit_code: Option<i32>,
     /// Why, as reported (`exit code 1`, `no suitable node (…)`).
     pub message: String,
+    /// Running, and healthy if it has a healthcheck: what counts as up for
+    /// rolling updates ([`shoal_crd::TaskStatus::is_ready`]).
+    pub ready: bool,
+    /// When its process started running, if it did.
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 impl TaskView {
@@ -33,7 +38,9 @@ impl TaskView {
             Some((status, written)) => (status.state, status.timestamp.or(written), status.exit_code, status.message.clone()),
             None => (TaskState::New, task.metadata.created_at, None, String::new()),
         };
-        Self { task, state, since, exit_code, message }
+        let status = reported.or(own).map(|(status, _)| status);
+        let (ready, started_at) = (status.is_some_and(|s| s.is_ready()), status.and_then(|s| s.started_at));
+        Self { task, state, since, exit_code, message, ready, started_at }
     }
 
     /// The task with its cached observation.

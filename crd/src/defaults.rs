@@ -37,7 +37,8 @@ pub const REPLICAS: u64 = 1;
 pub const SECRETS_DIR: &str = "/run/secrets";
 
 impl Default for UpdateConfig {
-    /// parallelism 1, delay 0s, failure_action pause, monitor 5s, max_failure_ratio 0, order stop-first.
+    /// parallelism 1, delay 0s, failure_action pause, monitor 5s, max_failure_ratio 0, order stop-first;
+    /// progress deadline 10m.
     fn default() -> Self {
         UpdateConfig {
             parallelism: 1,
@@ -46,6 +47,7 @@ impl Default for UpdateConfig {
             monitor: Duration::from_secs(5),
             max_failure_ratio: 0.0,
             order: UpdateOrder::StopFirst,
+            progress_deadline: Duration::from_secs(600),
         }
     }
 }
@@ -103,6 +105,7 @@ impl ServiceSpec {
             stop_grace_period: stop_grace_period(),
             stop_signal: stop_signal(),
             endpoint_mode: Default::default(),
+            force_update: 0,
         };
         apply_service_defaults(&mut spec);
         spec

@@ -9,6 +9,7 @@
 //! - [`compose`]: stack files (compose v3 / compose-spec) → objects.
 //! - [`manifest`]: native multi-document manifests → objects.
 //! - [`diagnostics`]: `FILE:LINE:COL: message` errors and warnings.
+//! - [`sealing`]: envelope encryption of secret values.
 
 pub mod compose;
 pub mod defaults;
@@ -19,6 +20,7 @@ pub mod manifest;
 pub mod meta;
 pub mod names;
 pub mod schema;
+pub mod sealing;
 pub mod validate;
 pub mod yaml;
 

@@ -169,11 +169,14 @@ fn check_object(object: &mut AnyResource, doc: &Node, report: &mut Report) {
 
 /// Docker's bounds on a config's size: 1 byte to 500 KiB.
 pub fn check_config_size(len: usize) -> Result<(), String> {
+    check_data_size("config", len)
+}
+
+/// Docker's bounds on a config's or secret's size (`what`): 1 byte to 500 KiB.
+pub fn check_data_size(what: &str, len: usize) -> Result<(), String> {
     match len {
-        0 => Err("config data is empty: a config holds 1 byte to 500 KiB".into()),
-        n if n > MAX_CONFIG_BYTES => Err(format!(
-            "config data is {n} bytes: a config holds 1 byte to 500 KiB"
-        )),
+        0 => Err(format!("{what} data is empty: a {what} holds 1 byte to 500 KiB")),
+        n if n > MAX_CONFIG_BYTES => Err(format!("{what} data is {n} bytes: a {what} holds 1 byte to 500 KiB")),
         _ => Ok(()),
     }
 }

@@ -11,6 +11,10 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+fn repo_file(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join(path)
+}
+
 fn deploy(name: &str) -> Stack {
     load_stack(&fixture(name), "app", &|_| None).unwrap_or_else(|e| panic!("{e}"))
 }
@@ -86,11 +90,20 @@ fn extension_fields_with_anchors_and_merge_keys_deploy() {
 }
 
 #[test]
-fn secrets_from_files_are_refused_until_encryption_at_rest() {
-    let errors = load_stack(&fixture("secrets-from-files.yml"), "app", &|_| None).unwrap_err();
-    let at: Vec<(usize, usize)> = errors.0.iter().map(|d| (d.line, d.column)).collect();
-    assert_eq!(at, [(24, 11), (26, 11)], "{errors}");
-    assert!(errors.0[0].message.contains("external: true"), "{errors}");
+fn secrets_from_files_become_values_to_seal() {
+    let stack = deploy("secrets-from-files.yml");
+    let names: Vec<&str> = stack.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["app_db_password", "app_db_root_password"]);
+    assert_eq!(stack.secrets[0].data, b"s3cr3t-db\n");
+    assert_eq!(stack.secrets[0].labels.get("com.docker.stack.namespace").map(String::as_str), Some("app"));
+    // The value never shows in debug output.
+    assert!(!format!("{:?}", stack.secrets[0]).contains("s3cr3t"));
+}
+
+#[test]
+fn a_secret_file_that_does_not_exist_is_refused_at_its_position() {
+    let errors = load_stack(&repo_file("examples/bad/missing-secret-file.yml"), "app", &|_| None).unwrap_err();
+    assert_eq!((errors.0[0].line, errors.0[0].column), (10, 11), "{errors}");
 }
 
 #[test]

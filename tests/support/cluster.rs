@@ -21,7 +21,6 @@
 //! the namespaces and the bridge; the store goes with its own Drop.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -122,11 +121,15 @@ impl Agent {
     }
 }
 
-/// The root-only network: a bridge, its subnet, and the relay to the store.
+/// The root-only network: a bridge, its subnet, the agents' namespaces and
+/// the relay to the store. Dropping it deletes the veths, namespaces and
+/// bridge (after the cluster has killed every process in them).
 struct Network {
     bridge: String,
     /// Third octet of 10.203.X.0/24.
     subnet: u8,
+    /// (namespace, host-side veth) per agent, recorded before they are created.
+    namespaces: Vec<(String, String)>,
     relay: Relay,
 }
 
@@ -140,17 +143,41 @@ impl Network {
             .expect("no free shoale2e<N> bridge name (leftovers from killed runs? `ip link del` them)");
         let bridge = format!("shoale2e{subnet}");
         let gateway = Ipv4Addr::new(10, 203, subnet, 1);
-        run(&["ip", "addr", "add", &format!("{gateway}/24"), "dev", &bridge]);
-        run(&["ip", "link", "set", &bridge, "up"]);
         let upstream: SocketAddr = store.endpoint().trim_start_matches("http://").parse().expect("the store's address");
-        Network { relay: Relay::start(gateway.into(), upstream), bridge, subnet }
+        let network = Network { relay: Relay::start(gateway.into(), upstream), bridge, subnet, namespaces: Vec::new() };
+        network.delete_leftovers();
+        run(&["ip", "addr", "add", &format!("{gateway}/24"), "dev", &network.bridge]);
+        run(&["ip", "link", "set", &network.bridge, "up"]);
+        network
+    }
+
+    /// Namespaces and veths named after our bridge belong to no live
+    /// cluster (the bridge is the claim): a killed run's, or a namespace
+    /// whose last process was still dying when its cluster deleted it.
+    fn delete_leftovers(&self) {
+        let links = Command::new("ip").args(["-o", "link", "show"]).output().map(|o| o.stdout).unwrap_or_default();
+        let veth_prefix = format!("{}v", self.bridge);
+        for link in String::from_utf8_lossy(&links).lines().filter_map(|l| l.split(": ").nth(1)) {
+            let name = link.split('@').next().unwrap_or_default();
+            if name.strip_prefix(&veth_prefix).is_some_and(|i| i.chars().all(|c| c.is_ascii_digit())) {
+                quiet(&["ip", "link", "del", name]);
+            }
+        }
+        let netns_prefix = format!("{}-", self.bridge);
+        for entry in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.strip_prefix(&netns_prefix).is_some_and(|i| i.chars().all(|c| c.is_ascii_digit())) {
+                quiet(&["ip", "netns", "del", &name]);
+            }
+        }
     }
 
     /// A namespace for agent `index` with `eth0` at 10.203.N.(10+index) on the bridge.
-    fn add_namespace(&self, index: usize) -> (String, Ipv4Addr) {
+    fn add_namespace(&mut self, index: usize) -> (String, Ipv4Addr) {
         let netns = format!("{}-{index}", self.bridge);
         let veth = format!("{}v{index}", self.bridge);
         let address = Ipv4Addr::new(10, 203, self.subnet, 10 + index as u8);
+        self.namespaces.push((netns.clone(), veth.clone()));
         run(&["ip", "netns", "add", &netns]);
         run(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
         run(&["ip", "link", "set", &veth, "master", &self.bridge, "up"]);
@@ -162,6 +189,18 @@ impl Network {
 
     fn store_endpoint(&self) -> String {
         format!("http://{}", self.relay.addr)
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        for (netns, veth) in &self.namespaces {
+            // Deleting one end of a veth pair deletes both at once; deleting
+            // the namespace alone would leave them until its last process exits.
+            quiet(&["ip", "link", "del", veth]);
+            quiet(&["ip", "netns", "del", netns]);
+        }
+        quiet(&["ip", "link", "del", &self.bridge]);
     }
 }
 
@@ -209,7 +248,7 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 
 /// A store, a controller and agents; all torn down on drop.
 pub struct Cluster {
-    // Declared first so it is dropped last: the processes are gone by then.
+    /// Killed by its own Drop, after [`Cluster`]'s has ended every other process.
     store: StoreUnderTest,
     dir: tempfile::TempDir,
     controller: Option<Child>,
@@ -240,7 +279,7 @@ impl Cluster {
     }
 
     fn start_controller(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("controller.log")).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("controller.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .args(["--etcd-endpoints", &self.store.endpoint(), "controller", "--identity", "c1"])
             .args(["--lease-ttl", &CONTROLLER_LEASE_TTL.to_string()])
@@ -254,13 +293,23 @@ impl Cluster {
         self.controller = Some(child);
     }
 
+    /// SIGKILLs the controller (no resignation: its lease must expire) and
+    /// starts it again; its log continues.
+    pub fn restart_controller(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            let _ = controller.kill();
+            let _ = controller.wait();
+        }
+        self.start_controller();
+    }
+
     /// Starts one more agent, `node-<n>`, with `labels` (`k=v,k=v`); its index.
     pub fn add_agent(&mut self, labels: &str) -> usize {
         let index = self.agents.len();
         let name = format!("node-{}", index + 1);
         let dir = self.dir.path().join(&name);
         std::fs::create_dir_all(&dir).unwrap();
-        let (netns, advertise) = match &self.network {
+        let (netns, advertise) = match &mut self.network {
             Some(network) => {
                 let (netns, address) = network.add_namespace(index);
                 (Some(netns), address)
@@ -280,10 +329,12 @@ impl Cluster {
         };
         let agent = &mut self.agents[index];
         let mut command = match &agent.netns {
-            // `ip netns exec` execs the agent: the child's pid is the agent's.
+            // nsenter execs the agent (the child's pid is the agent's) and,
+            // unlike `ip netns exec`, makes no mount namespace holding copies
+            // of every namespace mount, which would keep them from being deleted.
             Some(netns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_shoal")]);
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{netns}")).args(["--", env!("CARGO_BIN_EXE_shoal")]);
                 c
             }
             None => Command::new(env!("CARGO_BIN_EXE_shoal")),
@@ -410,7 +461,7 @@ impl Cluster {
         for agent in &self.agents {
             dump += &format!("----- {} log (tail) -----\n{}", agent.name, tail(&agent.log_path()));
         }
-        dump + &format!("----- store log (tail) -----\n{}", self.store.log().lines().rev().take(LOG_TAIL).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+        dump + &format!("----- store log (tail) -----\n{}", tail_of(&self.store.log()))
     }
 }
 
@@ -451,7 +502,7 @@ pub fn count_by_node(rows: &[TaskRow]) -> BTreeMap<String, usize> {
 
 /// SIGKILLs every process whose command line or working directory is under `dir`.
 fn kill_processes_under(dir: &Path) {
-    let needle = dir.to_string_lossy().into_owned();
+    let needle = format!("{}/", dir.display());
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
@@ -469,8 +520,11 @@ fn sigkill(pid: u32) {
 
 /// The last [`LOG_TAIL`] lines of a file.
 fn tail(path: &Path) -> String {
-    let mut text = String::new();
-    let _ = std::fs::File::open(path).and_then(|mut f| f.read_to_string(&mut text));
+    tail_of(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// The last [`LOG_TAIL`] lines of `text`.
+fn tail_of(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n") + "\n"
 }

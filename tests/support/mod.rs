@@ -246,3 +246,13 @@ macro_rules! async_on_both_backends {
         }
     };
 }
+
+/// Generates `embedded::NAME` and `etcd::NAME` plain tests that run the
+/// blocking scenario `NAME(&StoreUnderTest)` against each backend.
+#[macro_export]
+macro_rules! sync_on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod embedded { $( #[test] fn $name() { super::$name(&super::StoreUnderTest::embedded()) } )* }
+        mod etcd { $( #[test] fn $name() { super::$name(&super::StoreUnderTest::etcd()) } )* }
+    };
+}

@@ -4,6 +4,7 @@
 //! runtime ([`process`]) is the first; an OCI runtime (runc/crun bundles)
 //! comes later behind the same trait.
 
+pub mod exec;
 pub mod process;
 
 use std::future::Future;
@@ -14,6 +15,7 @@ use shoal_crd::TaskNetwork;
 use crate::network::NetworkError;
 use crate::taskdir::{ExitRecord, Launch, PidRecord};
 
+pub use exec::ExecOutput;
 pub use process::ProcessRuntime;
 
 /// Why a runtime operation failed; the message goes into the task's status.
@@ -31,6 +33,10 @@ pub enum RuntimeError {
     Stop { id: String, #[source] source: std::io::Error },
     #[error("removing task {id}: {source}")]
     Remove { id: String, #[source] source: std::io::Error },
+    #[error("running {command:?} in task {id}: {source}")]
+    Exec { id: String, command: String, #[source] source: std::io::Error },
+    #[error("{command:?} in task {id} ran longer than {timeout:?} and was killed")]
+    ExecTimeout { id: String, command: String, timeout: Duration },
 }
 
 /// What a runtime knows about a task, e.g. after an agent restart.
@@ -84,4 +90,8 @@ pub trait Runtime: Send + Sync + 'static {
     fn list(&self) -> Result<Vec<String>, RuntimeError>;
     /// The task's network (the host's when nothing else was set up).
     fn network(&self, id: &str) -> NetworkInfo;
+    /// Runs `argv` in the running task's context — its network namespace,
+    /// environment, working directory and user — as a health probe does;
+    /// killed (an `ExecTimeout`) after `timeout`.
+    fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
 }

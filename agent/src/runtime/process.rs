@@ -20,7 +20,7 @@ use std::time::Duration;
 use shoal_crd::TaskNetwork;
 use tokio::time::{sleep, timeout, Instant};
 
-use super::{Inspection, NetworkInfo, Runtime, RuntimeError, Started};
+use super::{exec, ExecOutput, Inspection, NetworkInfo, Runtime, RuntimeError, Started};
 use crate::network::{task::lowest_free, Bridge, NetworkError, NetworkRecord};
 use crate::sys;
 use crate::taskdir::{self, ExitRecord, Launch, PidRecord, TaskDir};
@@ -220,6 +220,16 @@ impl Runtime for ProcessRuntime {
         match self.dir(id).read_network() {
             Ok(Some(record)) => NetworkInfo { network: TaskNetwork::Namespace, addresses: vec![record.address.to_string()] },
             _ => NetworkInfo::default(),
+        }
+    }
+
+    async fn exec(&self, id: &str, argv: &[String], limit: Duration) -> Result<ExecOutput, RuntimeError> {
+        let command = argv.join(" ");
+        let failed = |source| RuntimeError::Exec { id: id.into(), command: command.clone(), source };
+        let launch = self.dir(id).read_launch().map_err(failed)?.ok_or_else(|| failed(std::io::Error::other("the task has no launch record")))?;
+        match exec::run(&launch, argv, limit).await.map_err(failed)? {
+            Some(output) => Ok(output),
+            None => Err(RuntimeError::ExecTimeout { id: id.into(), command, timeout: limit }),
         }
     }
 }

@@ -24,6 +24,13 @@ pub struct ControllerArgs {
     /// Finished tasks kept per replica slot (Docker's task-history-limit).
     #[arg(long, default_value_t = shoal_controllers::service::DEFAULT_HISTORY_LIMIT)]
     pub task_history_limit: usize,
+    /// Spec revisions kept per service for `service rollback --to-revision`.
+    #[arg(long, default_value_t = shoal_controllers::update::revisions::DEFAULT_LIMIT)]
+    pub revision_history_limit: usize,
+    /// Private keys that open the cluster's secrets (created, mode 0600, if
+    /// absent; default: secrets.key in the data directory).
+    #[arg(long, env = "SHOAL_ENCRYPTION_KEY_FILE")]
+    pub encryption_key_file: Option<std::path::PathBuf>,
 }
 
 /// Runs the controller manager until Ctrl-C or SIGTERM.
@@ -37,7 +44,20 @@ pub async fn run(store: Store, args: ControllerArgs) -> anyhow::Result<()> {
 pub async fn run_until(store: Store, args: ControllerArgs, shutdown: impl std::future::Future<Output = ()> + Send) {
     let identity = args.identity.unwrap_or_else(default_identity);
     tracing::info!(%identity, lease_ttl = args.lease_ttl, "controller manager starting");
-    let settings = Settings { identity, lease_ttl_secs: args.lease_ttl, task_history_limit: args.task_history_limit };
+    let settings = Settings {
+        identity,
+        lease_ttl_secs: args.lease_ttl,
+        task_history_limit: args.task_history_limit,
+        revision_history_limit: args.revision_history_limit,
+    };
+    match super::cluster_key::default_key_file(None).map(|default| args.encryption_key_file.unwrap_or(default)) {
+        Ok(path) => {
+            if let Err(err) = super::cluster_key::load_and_publish(&store, &path).await {
+                tracing::error!(error = %format!("{err:#}"), "secrets cannot be created until the encryption key is published");
+            }
+        }
+        Err(err) => tracing::error!(error = %format!("{err:#}"), "no --encryption-key-file and no data directory"),
+    }
     EventSink::install(store.clone());
     let compactor = tokio::spawn(run_compactor(store.clone(), COMPACTION_INTERVAL, std::future::pending()));
     run_with(store, settings, shutdown).await;
@@ -46,7 +66,13 @@ pub async fn run_until(store: Store, args: ControllerArgs, shutdown: impl std::f
 
 impl Default for ControllerArgs {
     fn default() -> Self {
-        Self { identity: None, lease_ttl: 5, task_history_limit: shoal_controllers::service::DEFAULT_HISTORY_LIMIT }
+        Self {
+            identity: None,
+            lease_ttl: 5,
+            task_history_limit: shoal_controllers::service::DEFAULT_HISTORY_LIMIT,
+            revision_history_limit: shoal_controllers::update::revisions::DEFAULT_LIMIT,
+            encryption_key_file: None,
+        }
     }
 }
 

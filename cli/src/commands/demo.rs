@@ -1,4 +1,5 @@
-//! `shoal demo serve`: the "whoami" of Shoal's docs and tests.
+//! `shoal demo serve`: the "whoami" of Shoal's docs and tests, and
+//! `shoal demo probe URL`: its health probe, needing no host tools.
 //!
 //! A small HTTP server whose misbehaviour is chosen by flags (or `DEMO_*`
 //! environment variables, so a service spec can set them): start slowly,
@@ -6,7 +7,8 @@
 //! updates, health checks and rollbacks are shown and tested with it as a
 //! real process.
 
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -47,6 +49,59 @@ pub struct DemoArgs {
     /// Read this file at start (e.g. /run/secrets/db-password); / reports its size, never its content.
     #[arg(long, env = "DEMO_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
+}
+
+/// Flags of `shoal demo probe`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProbeArgs {
+    /// `http://host[:port][/path]` to GET.
+    pub url: String,
+    /// Give up (and fail) after this long.
+    #[arg(long, default_value = "2s", value_parser = parse_duration_arg)]
+    pub timeout: Duration,
+}
+
+/// GETs the URL over HTTP/1.0: exit 0 on a 2xx answer, 1 otherwise — a
+/// healthcheck as `["CMD", "shoal", "demo", "probe", "http://127.0.0.1/health"]`.
+/// A plain `TcpStream`: the probe needs no HTTP client dependency.
+pub fn probe(args: ProbeArgs) -> anyhow::Result<()> {
+    let (host, port, path) = parse_http_url(&args.url)?;
+    let deadline = Instant::now() + args.timeout;
+    let left = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).context("timed out");
+    let addr = (host.as_str(), port).to_socket_addrs().with_context(|| format!("cannot resolve {host}"))?.next().with_context(|| format!("{host} has no address"))?;
+    let mut stream = TcpStream::connect_timeout(&addr, left()?).with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_write_timeout(Some(left()?))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: shoal-probe\r\n\r\n").context("sending the request")?;
+    stream.set_read_timeout(Some(left()?))?;
+    let mut response = Vec::new();
+    stream.take(64 * 1024).read_to_end(&mut response).context("reading the answer")?;
+    let response = String::from_utf8_lossy(&response);
+    let status_line = response.lines().next().unwrap_or_default();
+    let code = status_line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok());
+    println!("{status_line}");
+    match code {
+        Some(200..=299) => Ok(()),
+        Some(code) => bail!("{} answered {code}", args.url),
+        None => bail!("{} gave no HTTP answer", args.url),
+    }
+}
+
+/// `http://host[:port][/path]` → (host, port, path).
+fn parse_http_url(url: &str) -> anyhow::Result<(String, u16, String)> {
+    let rest = url.strip_prefix("http://").with_context(|| format!("{url:?}: only http:// URLs are supported"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => (host, port.parse().with_context(|| format!("{url:?}: invalid port {port:?}"))?),
+        _ => (authority, 80),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("{url:?}: no host");
+    }
+    Ok((host.to_string(), port, path.to_string()))
 }
 
 struct Demo {
@@ -130,6 +185,32 @@ fn hostname() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_urls_split_into_host_port_and_path() {
+        let split = |url| parse_http_url(url).unwrap();
+        assert_eq!(split("http://127.0.0.1/health"), ("127.0.0.1".into(), 80, "/health".into()));
+        assert_eq!(split("http://localhost:8080"), ("localhost".into(), 8080, "/".into()));
+        assert_eq!(split("http://[::1]:81/x?y"), ("::1".into(), 81, "/x?y".into()));
+        assert!(parse_http_url("https://x/").is_err() && parse_http_url("http://:80/").is_err());
+    }
+
+    #[tokio::test]
+    async fn the_probe_passes_on_2xx_and_fails_otherwise() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .route("/sick", get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "no") }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let probe_of = |path: &str| ProbeArgs { url: format!("http://127.0.0.1:{port}{path}"), timeout: Duration::from_secs(2) };
+        let run = |args| tokio::task::spawn_blocking(move || probe(args));
+        assert!(run(probe_of("/health")).await.unwrap().is_ok());
+        let sick = run(probe_of("/sick")).await.unwrap().unwrap_err();
+        assert!(sick.to_string().contains("answered 503"), "{sick}");
+        let closed = ProbeArgs { url: "http://127.0.0.1:1/".into(), timeout: Duration::from_millis(500) };
+        assert!(run(closed).await.unwrap().is_err());
+    }
 
     #[test]
     fn version_comes_from_the_image_tag() {

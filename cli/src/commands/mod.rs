@@ -5,15 +5,19 @@ pub mod apply;
 pub mod controller;
 pub mod bench;
 pub mod bench_schedule;
+pub mod cluster_key;
+pub mod config;
 pub mod demo;
 pub mod events;
 pub mod logs;
 pub mod node;
+pub mod secret;
 pub mod spec_flags;
 pub mod tasks;
 pub mod get;
 pub mod serve;
 pub mod service;
+pub mod service_update;
 pub mod stack;
 
 use shoal_store::client::Store;
@@ -49,15 +53,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(NodeCommand::Ls { output }) => node::ls(&connect(flags).await?, output).await,
         Command::Node(NodeCommand::Inspect { names, output }) => node::inspect(&connect(flags).await?, &names, output).await,
         Command::Node(NodeCommand::Update(args)) => node::update(&connect(flags).await?, &args).await,
+        Command::Config(command) => file_objects::config(&connect(flags).await?, command).await,
+        Command::Secret(command) => file_objects::secret(&connect(flags).await?, command).await,
         Command::Events { watch, output } => events::events(&connect(flags).await?, watch, output).await,
         Command::Service(ServiceCommand::Ls { output }) => service::ls(&connect(flags).await?, output).await,
         Command::Service(ServiceCommand::Inspect { names, output }) => service::inspect(&connect(flags).await?, &names, output).await,
         Command::Service(ServiceCommand::Rm { names }) => service::rm(&connect(flags).await?, &names).await,
+        Command::Service(ServiceCommand::Update(args)) => service_update::update(&connect(flags).await?, &args).await,
+        Command::Service(ServiceCommand::Rollback { to_revision, detach, name }) => {
+            service_update::rollback(&connect(flags).await?, &name, to_revision, detach).await
+        }
+        Command::Service(ServiceCommand::History { name }) => service_update::history(&connect(flags).await?, &name).await,
         Command::Apply { file } => apply::apply(&connect(flags).await?, &file).await,
         Command::Get { kind, name, output } => get::get(&connect(flags).await?, &kind, name.as_deref(), output).await,
         Command::Delete { kind, name } => get::delete(&connect(flags).await?, &kind, &name).await,
         Command::Schema { kind } => get::schema(&kind),
         Command::Demo(crate::args::DemoCommand::Serve(args)) => demo::serve(args).await,
+        Command::Demo(crate::args::DemoCommand::Probe(args)) => tokio::task::spawn_blocking(move || demo::probe(args)).await?,
         Command::Bench(crate::args::BenchCommand::Store(args)) => bench::store(args).await,
         Command::Bench(crate::args::BenchCommand::Schedule(args)) => bench_schedule::run(flags, args).await,
     }
@@ -69,4 +81,31 @@ async fn connect(flags: &StoreFlags) -> anyhow::Result<Store> {
     Store::connect(&config)
         .await
         .map_err(|err| anyhow::anyhow!("{err} (is `shoal up` running? --etcd-endpoints chooses the store)"))
+}
+
+/// Dispatch of `config` and `secret`.
+mod file_objects {
+    use shoal_crd::{Config, Secret};
+    use shoal_store::client::Store;
+
+    use super::{config, secret};
+    use crate::args::FileObjectCommand as Verb;
+
+    pub async fn config(store: &Store, command: Verb) -> anyhow::Result<()> {
+        match command {
+            Verb::Create(a) => config::create(store, &a.name, &a.file, &a.labels).await,
+            Verb::Inspect { names, output } => config::inspect(store, &names, output).await,
+            Verb::Ls { output } => config::ls::<Config>(store, output).await,
+            Verb::Rm { names } => config::rm::<Config>(store, &names).await,
+        }
+    }
+
+    pub async fn secret(store: &Store, command: Verb) -> anyhow::Result<()> {
+        match command {
+            Verb::Create(a) => secret::create(store, &a.name, &a.file, &a.labels).await,
+            Verb::Inspect { names, output } => secret::inspect(store, &names, output).await,
+            Verb::Ls { output } => config::ls::<Secret>(store, output).await,
+            Verb::Rm { names } => config::rm::<Secret>(store, &names).await,
+        }
+    }
 }

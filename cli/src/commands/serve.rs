@@ -30,7 +30,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let client = local_client(address).await?;
 
     let (stop_members, members_stopped) = stopper();
-    let controllers = tokio::spawn(super::controller::run_until(client.clone(), Default::default(), members_stopped.clone()));
+    let controller_args = super::controller::ControllerArgs {
+        encryption_key_file: Some(super::cluster_key::default_key_file(Some(&data_dir))?),
+        ..Default::default()
+    };
+    let controllers = tokio::spawn(super::controller::run_until(client.clone(), controller_args, members_stopped.clone()));
     let agent = if args.no_agent {
         None
     } else {

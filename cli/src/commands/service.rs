@@ -62,13 +62,23 @@ pub async fn print_services(store: &Store, services: &[Service], output: OutputF
             short_id(&service.metadata.uid),
             name.clone(),
             mode,
-            format!("{}/{}", running.get(name).copied().unwrap_or(0), desired),
+            format!("{}/{}{}", running.get(name).copied().unwrap_or(0), desired, update_suffix(service)),
             spec["image"].as_str().unwrap_or("").to_string(),
             ports(&spec["ports"]),
         ]);
     }
     table.print();
     Ok(())
+}
+
+/// ` (updating)`, ` (paused)`, … while a rolling update is not finished.
+fn update_suffix(service: &Service) -> String {
+    match service.status.as_ref().and_then(|s| s.update_status.as_ref()).map(|u| u.state) {
+        Some(state) if !matches!(state, shoal_crd::UpdateState::Completed | shoal_crd::UpdateState::RollbackCompleted) => {
+            format!(" ({})", state.as_str())
+        }
+        _ => String::new(),
+    }
 }
 
 /// Running tasks per service name (as their agents report them).
@@ -141,6 +151,7 @@ pub async fn create(store: &Store, args: &crate::args::ServiceCreateArgs) -> any
         spec.command = Some(args.command.clone());
     }
     shoal_crd::defaults::apply_service_defaults(&mut spec);
+    super::config::check_references(store, &spec).await?;
     let problems = shoal_crd::validate::validate_service(&spec);
     if !problems.is_empty() {
         bail!("invalid service: {}", problems.join("; "));

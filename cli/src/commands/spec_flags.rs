@@ -90,6 +90,12 @@ pub struct SpecFlags {
     /// Disable any health check.
     #[arg(long)]
     pub no_healthcheck: bool,
+    /// Mount a config: NAME or source=NAME,target=PATH,uid=..,gid=..,mode=0440.
+    #[arg(long = "config")]
+    pub configs: Vec<String>,
+    /// Mount a secret: NAME or source=NAME,target=PATH,uid=..,gid=..,mode=0400.
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
     #[command(flatten)]
     pub update: UpdateFlags,
 }
@@ -163,7 +169,19 @@ impl SpecFlags {
         self.apply_restart(spec)?;
         self.apply_resources(spec)?;
         self.apply_health(spec);
+        self.apply_files(spec)?;
         self.update.apply(spec)
+    }
+
+    fn apply_files(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {
+        use super::config::parse_file_reference;
+        for text in &self.configs {
+            spec.configs.push(parse_file_reference("config", text)?);
+        }
+        for text in &self.secrets {
+            spec.secrets.push(parse_file_reference("secret", text)?);
+        }
+        Ok(())
     }
 
     fn apply_placement(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {

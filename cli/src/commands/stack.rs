@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::bail;
 use shoal_crd::compose::{load_stack, Stack};
 use shoal_crd::{Config, Resource, Secret, Service};
-use shoal_store::client::{ApplyPlan, Change, Store, StoreError};
+use shoal_store::client::{ApplyPlan, Change, Store};
 
 use super::service::print_services;
 use crate::output::{print_structured, OutputFormat, Table};
@@ -43,13 +43,18 @@ pub async fn deploy(store: &Store, file: &Path, name: &str, prune: bool) -> anyh
 }
 
 /// Plans the whole stack against what is stored now.
-async fn plan_stack(store: &Store, stack: &Stack, name: &str, prune: bool) -> Result<ApplyPlan, StoreError> {
+async fn plan_stack(store: &Store, stack: &Stack, name: &str, prune: bool) -> anyhow::Result<ApplyPlan> {
     let mut plan = ApplyPlan::new();
     for config in &stack.configs {
         plan.add(store, store.get::<Config>(&config.metadata.name).await?.as_ref(), config.clone());
     }
-    for secret in &stack.secrets {
-        plan.add(store, store.get::<Secret>(&secret.metadata.name).await?.as_ref(), secret.clone());
+    if !stack.secrets.is_empty() {
+        let key = super::cluster_key::public_key(store).await?;
+        for value in &stack.secrets {
+            let current = store.get::<Secret>(&value.name).await?;
+            let secret = super::secret::sealed(store, &key, value, current.as_ref())?;
+            plan.add(store, current.as_ref(), secret);
+        }
     }
     for service in &stack.services {
         plan.add(store, store.get::<Service>(&service.metadata.name).await?.as_ref(), service.clone());

@@ -4,9 +4,13 @@
 //!
 //! A slot is a replica number (replicated mode) or a node (global mode).
 //! Rules, after SwarmKit's orchestrators:
-//! - A wanted slot has exactly one task desired running: its newest. Older
-//!   ones still desired running are stopped — so when a down node comes
-//!   back, its stale task is already told to stop, and no slot ever has two.
+//! - A wanted slot has one task desired running: its newest. Older ones
+//!   still desired running are stopped — so when a down node comes back,
+//!   its stale task is already told to stop. The one exception is a
+//!   start-first rolling update's handover (see [`crate::update`]): the old
+//!   task keeps running until its replacement, of another spec, is ready.
+//! - A slot whose task was told to stop (a stop-first update) gets its
+//!   successor once that task has stopped, or its node is gone.
 //! - A task on a down, drained or vanished node is stopped and replaced.
 //! - A task that ended on its own is replaced per the restart policy
 //!   ([`super::restart`]); a slot that gave up stays empty until the
@@ -143,11 +147,23 @@ pub fn plan(inputs: &Inputs) -> Plan {
     plan
 }
 
+/// A start-first handover in progress: `newer` is a rolling update's
+/// replacement of `older`, not ready yet. The update loop stops `older`
+/// once it is (and a rollback may keep `older` and stop `newer` instead).
+fn handing_over(older: &TaskView, newer: &TaskView) -> bool {
+    !newer.ready && !older.task.spec.spec.same_template(&newer.task.spec.spec)
+}
+
 /// Plans one slot that has tasks; returns 1 if it stopped a task of a
 /// slot no longer wanted.
 fn plan_slot(inputs: &Inputs, slot: &Slot, want: Option<Want>, tasks: &[&TaskView], plan: &mut Plan) -> usize {
-    let Some((latest, earlier)) = tasks.split_last() else { return 0 };
+    // The slot's task: its newest desired running, else its newest.
+    let Some(latest) = tasks.iter().rev().find(|t| t.wanted()).or(tasks.last()).copied() else { return 0 };
+    let earlier: Vec<&TaskView> = tasks.iter().copied().filter(|t| t.name() != latest.name()).collect();
     for older in earlier.iter().filter(|t| t.wanted()) {
+        if handing_over(older, latest) {
+            continue;
+        }
         plan.stop(older, format!("superseded by task {}", latest.name()));
         plan.decisions.push((format!("stopped stale task of {slot}"), format!("task {} is newer than {}", latest.name(), older.name())));
     }
@@ -162,8 +178,10 @@ fn plan_slot(inputs: &Inputs, slot: &Slot, want: Option<Want>, tasks: &[&TaskVie
         return 0;
     }
     if !latest.wanted() {
+        // Stop-first: the successor starts once its predecessor has stopped.
+        let stopping = !latest.state.is_terminal() && latest.node().is_some_and(|n| (inputs.node)(n).keeps_tasks());
         let gave_up = latest.ended_by_itself() && latest.task.spec.service_generation >= inputs.generation;
-        if !gave_up {
+        if !gave_up && !stopping {
             plan.create.push(slot.clone());
             plan.decisions.push((format!("created task for {slot}"), format!("its last task {} was stopped", latest.name())));
         }
@@ -185,7 +203,7 @@ fn plan_slot(inputs: &Inputs, slot: &Slot, want: Option<Want>, tasks: &[&TaskVie
             Some(code) => format!("{:?} (exit code {code})", latest.state).to_lowercase(),
             None => format!("{:?}", latest.state).to_lowercase(),
         };
-        match decide(inputs.restart, latest, earlier, inputs.now) {
+        match decide(inputs.restart, latest, &earlier, inputs.now) {
             RestartDecision::Restart { attempt } => plan.replace(slot, latest, "restarted", format!("{ended}; restart attempt {attempt}")),
             RestartDecision::Wait(after) => plan.wait(after),
             RestartDecision::GiveUp(why) => {

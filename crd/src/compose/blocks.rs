@@ -32,6 +32,7 @@ impl UpdateConfigIn {
             monitor: self.monitor.unwrap_or(d.monitor),
             max_failure_ratio: self.max_failure_ratio.unwrap_or(d.max_failure_ratio),
             order: self.order.unwrap_or(d.order),
+            ..d
         }
     }
 }

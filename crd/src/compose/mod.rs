@@ -19,10 +19,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::diagnostics::{Diagnostic, Diagnostics, Report};
-use crate::kinds::{Config, Secret, Service};
+use crate::kinds::{Config, Service};
 use crate::names::validate_stack_name;
 use crate::yaml::{self, Node, Pos, Value};
 use objects::{read_section, Declared, Section};
+pub use objects::SecretValue;
 
 /// Label carrying the stack an object belongs to.
 pub const STACK_NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
@@ -34,8 +35,8 @@ pub struct Stack {
     pub services: Vec<Service>,
     /// Sorted by name.
     pub configs: Vec<Config>,
-    /// Secrets to create (always empty until secret values can be stored encrypted).
-    pub secrets: Vec<Secret>,
+    /// Secret values to seal and store, sorted by name.
+    pub secrets: Vec<SecretValue>,
     /// Keys that were ignored, with why.
     pub warnings: Vec<Diagnostic>,
 }
@@ -112,10 +113,10 @@ fn read_root(
         return out;
     }
     if let Some(n) = root.get("configs") {
-        (out.configs, ctx.configs) = read_section(n, Section::Configs, &ctx, report);
+        (out.configs, _, ctx.configs) = read_section(n, Section::Configs, &ctx, report);
     }
     if let Some(n) = root.get("secrets") {
-        ctx.secrets = read_section(n, Section::Secrets, &ctx, report).1;
+        (_, out.secrets, ctx.secrets) = read_section(n, Section::Secrets, &ctx, report);
     }
     for (key, value) in root.as_map().unwrap_or_default() {
         match key.name.as_str() {
@@ -157,6 +158,7 @@ fn read_root(
         .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     out.configs
         .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    out.secrets.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
 

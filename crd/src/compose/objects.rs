@@ -1,8 +1,7 @@
 //! Top-level `configs:` and `secrets:` of a stack file, and the services'
 //! references to them. Configs become Config objects (data read from
-//! `file:` or `content:`); secrets may only be `external` for now, because
-//! Shoal must never store a secret value in plaintext and encryption at
-//! rest is not implemented yet.
+//! `file:` or `content:`); secrets become [`SecretValue`]s (from `file:` or
+//! `environment:`) that the CLI seals before anything reaches the store.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,7 +13,7 @@ use super::{namespace_labels, Context};
 use crate::defaults::{file_mode, file_owner, SECRETS_DIR};
 use crate::diagnostics::Report;
 use crate::kinds::{Base64Data, Config, ConfigSpec, FileReference};
-use crate::manifest::check_config_size;
+use crate::manifest::{check_config_size, check_data_size};
 use crate::names::validate_object_name;
 use crate::yaml::{Node, Pos, Value};
 
@@ -37,15 +36,34 @@ impl Section {
 /// Declared name (as written in the file) → object name in the store.
 pub type Declared = BTreeMap<String, String>;
 
-/// Reads `configs:` or `secrets:`; returns the Config objects created
-/// (none for secrets) and the names services may reference.
+/// A secret value declared in a stack file, in plaintext and in memory
+/// only: the CLI seals it to the cluster key before storing it.
+#[derive(Clone, PartialEq)]
+pub struct SecretValue {
+    /// Object name in the store.
+    pub name: String,
+    /// Labels, the stack namespace included.
+    pub labels: BTreeMap<String, String>,
+    /// The value.
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretValue({}, {} bytes)", self.name, self.data.len())
+    }
+}
+
+/// Reads `configs:` or `secrets:`; returns the Config objects and secret
+/// values to create and the names services may reference.
 pub fn read_section(
     node: &Node,
     section: Section,
     ctx: &Context,
     report: &mut Report,
-) -> (Vec<Config>, Declared) {
+) -> (Vec<Config>, Vec<SecretValue>, Declared) {
     let mut objects = Vec::new();
+    let mut secrets = Vec::new();
     let mut declared = Declared::new();
     let what = section.singular();
     for (key, decl) in entries(node, &format!("`{what}s`"), report) {
@@ -67,10 +85,10 @@ pub fn read_section(
                 "name" => explicit_name = text(v, "name", report),
                 "labels" => object_labels = labels(v, report),
                 "template_driver" if section == Section::Configs => template_driver = text(v, "template_driver", report),
-                "file" | "content" | "environment" if section == Section::Secrets => report.error(
-                    v.pos,
-                    format!("secret values from {}s are not supported yet: Shoal stores secrets only encrypted at rest, which is not implemented; declare `{}` with `external: true` and create it later", k.name, key.name),
-                ),
+                "content" if section == Section::Secrets => {
+                    report.error(k.pos, format!("secret `{}`: secrets take `file:` or `environment:`, not `content:`", key.name))
+                }
+                "environment" if section == Section::Secrets => data = read_env(v, ctx, report).map(|d| (d, v.pos)),
                 "file" => data = read_file(v, ctx.dir, report).map(|d| (d, v.pos)),
                 "content" => data = text(v, "content", report).map(|t| (t.into_bytes(), v.pos)),
                 "driver" | "driver_opts" | "environment" => {
@@ -93,13 +111,17 @@ pub fn read_section(
             continue;
         }
         match (section, data) {
-            (Section::Secrets, _) => {
-                if decl.get("file").is_none()
-                    && decl.get("content").is_none()
-                    && decl.get("environment").is_none()
-                {
-                    report.error(key.pos, format!("secret `{}` needs `external: true`: Shoal cannot store secret values yet", key.name));
+            (Section::Secrets, None) => {
+                if ["file", "content", "environment"].iter().all(|k| decl.get(k).is_none()) {
+                    report.error(key.pos, format!("secret `{}` needs `file:`, `environment:` or `external: true`", key.name));
                 }
+            }
+            (Section::Secrets, Some((bytes, pos))) => {
+                if let Err(msg) = check_data_size("secret", bytes.len()) {
+                    report.error(pos, msg);
+                }
+                let labels = namespace_labels(object_labels, ctx.stack);
+                secrets.push(SecretValue { name: object_name, labels, data: bytes });
             }
             (Section::Configs, None) => {
                 if decl.get("file").is_none() {
@@ -128,13 +150,25 @@ pub fn read_section(
             }
         }
     }
-    (objects, declared)
+    (objects, secrets, declared)
 }
 
 fn allowed(section: Section) -> &'static str {
     match section {
         Section::Configs => "file, content, external, name, labels, template_driver",
-        Section::Secrets => "external, name, labels",
+        Section::Secrets => "file, environment, external, name, labels",
+    }
+}
+
+/// `environment: VAR`: the value of an interpolation variable.
+fn read_env(node: &Node, ctx: &Context, report: &mut Report) -> Option<Vec<u8>> {
+    let var = text(node, "environment", report)?;
+    match (ctx.env)(&var) {
+        Some(value) => Some(value.into_bytes()),
+        None => {
+            report.error(node.pos, format!("environment variable `{var}` is not set"));
+            None
+        }
     }
 }
 

@@ -252,11 +252,24 @@ fn external_secrets_are_referenced_and_never_created() {
 }
 
 #[test]
-fn secrets_with_values_are_refused_at_the_value() {
-    let e = errors("services:\n  w:\n    image: x\nsecrets:\n  s:\n    environment: PW\n  t:\n    labels: {a: b}\n");
-    assert_eq!((e[0].0, e[0].1), (6, 18));
-    assert!(e[0].2.contains("encrypted at rest"), "{}", e[0].2);
+fn secrets_without_a_value_source_are_errors_at_their_name() {
+    let e = errors("services:\n  w:\n    image: x\nsecrets:\n  s:\n    content: PW\n  t:\n    labels: {a: b}\n");
+    assert_eq!((e[0].0, e[0].1), (6, 5));
+    assert!(e[0].2.contains("`file:` or `environment:`"), "{}", e[0].2);
     assert_eq!((e[1].0, e[1].1), (7, 3));
+}
+
+#[test]
+fn secret_files_become_values_to_seal_with_the_stack_prefix() {
+    let stack = load_with(
+        "services:\n  w:\n    image: x\n    secrets: [db]\nsecrets:\n  db: {file: db.txt}\n",
+        &[("db.txt", "passw0rD123\n")],
+    )
+    .unwrap();
+    assert_eq!(stack.secrets.len(), 1);
+    assert_eq!((stack.secrets[0].name.as_str(), stack.secrets[0].data.as_slice()), ("st_db", &b"passw0rD123\n"[..]));
+    assert!(!format!("{stack:?}").contains("passw0rD123"), "Debug never shows a value");
+    assert_eq!(stack.services[0].spec.secrets[0].source, "st_db");
 }
 
 #[test]

@@ -1,8 +1,7 @@
 //! The Config and Secret kinds: named data mounted into tasks. Both are
-//! written by the user. A Secret has no data field yet: Shoal stores secret
-//! values only encrypted at rest, which arrives later; until then a Secret
-//! object only names something created out of band. Labels of both live in
-//! `metadata.labels`, as for every kind.
+//! written by the user. A Secret's value is stored only sealed (envelope
+//! encryption, [`crate::sealing`]): the store never holds it in plaintext.
+//! Labels of both live in `metadata.labels`, as for every kind.
 
 use std::borrow::Cow;
 
@@ -18,7 +17,7 @@ kind!(
 );
 
 kind!(
-    /// A reference to secret data (values arrive with encryption at rest).
+    /// Secret data, stored only encrypted.
     Secret, SecretSpec, "secrets", status: ()
 );
 
@@ -36,10 +35,16 @@ pub struct ConfigSpec {
 /// Largest config, as in Docker.
 pub const MAX_CONFIG_BYTES: usize = 500 * 1024;
 
-/// Written by the user. Empty for now, on purpose: see the module docs.
+/// Written by the user (through the CLI, which seals the value to the
+/// cluster's public key). `generation` is the secret's version: it moves
+/// each time a new value is stored under the same name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SecretSpec {}
+pub struct SecretSpec {
+    /// The value, encrypted; absent for a secret declared without a value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<crate::sealing::SealedValue>,
+}
 
 /// Bytes that (de)serialize as a standard base64 string.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

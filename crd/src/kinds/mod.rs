@@ -6,6 +6,7 @@ mod config;
 mod event;
 mod node;
 mod observation;
+mod revision;
 mod service;
 mod task;
 
@@ -13,8 +14,9 @@ pub use config::{Base64Data, Config, ConfigSpec, Secret, SecretSpec, MAX_CONFIG_
 pub use event::{Event, EventSpec, ObjectReference};
 pub use node::{heartbeat_key, Availability, Node, NodeRole, NodeSpec, NodeState, NodeStatus, Platform, HEARTBEATS};
 pub use observation::{TaskNetwork, TaskObservation, TaskObservationSpec};
+pub use revision::{ServiceRevision, ServiceRevisionSpec};
 pub use service::*;
-pub use task::{Task, TaskSpec, TaskState, TaskStatus};
+pub use task::{HealthStatus, ProbeResult, Task, TaskHealth, TaskSpec, TaskState, TaskStatus};
 
 /// Declares a kind's envelope struct and its [`crate::Resource`] impl.
 macro_rules! kind {
@@ -91,7 +93,7 @@ mod tests {
                 template_driver: None,
             },
         ));
-        round_trip(Secret::new("x", SecretSpec {}));
+        round_trip(Secret::new("x", SecretSpec::default()));
         round_trip(Node::new("x", NodeSpec::default()));
         let task = TaskSpec {
             service_name: "web".into(),
@@ -139,6 +141,44 @@ mod tests {
         assert!(!TaskState::Running.is_terminal());
         assert!(TaskState::Failed.is_terminal() && TaskState::Shutdown.is_terminal());
         assert_eq!(serde_json::to_value(TaskState::Running).unwrap(), "running");
+    }
+
+    #[test]
+    fn a_task_with_a_probe_is_ready_only_once_healthy() {
+        let mut status = TaskStatus { state: TaskState::Running, ..Default::default() };
+        assert!(status.is_ready(), "no healthcheck: running is ready");
+        status.health = Some(TaskHealth::default());
+        assert!(!status.is_ready(), "starting is not ready");
+        status.health.as_mut().unwrap().status = HealthStatus::Healthy;
+        assert!(status.is_ready());
+        status.state = TaskState::Failed;
+        assert!(!status.is_ready());
+    }
+
+    #[test]
+    fn task_health_is_camel_case_json_with_kebab_case_status() {
+        let at = chrono::DateTime::UNIX_EPOCH;
+        let health = TaskHealth {
+            status: HealthStatus::Unhealthy,
+            failing_streak: 2,
+            log: vec![ProbeResult { start: at, end: at, exit_code: 1, output: "503".into() }],
+        };
+        let json = serde_json::to_value(&health).unwrap();
+        assert_eq!(json["status"], "unhealthy");
+        assert_eq!(json["failingStreak"], 2);
+        assert_eq!(json["log"][0]["exitCode"], 1);
+        assert_eq!(json["log"][0]["output"], "503");
+        assert_eq!(serde_json::from_value::<TaskHealth>(json).unwrap(), health);
+        let starting: TaskHealth = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(starting.status, HealthStatus::Starting);
+    }
+
+    #[test]
+    fn probe_output_is_cut_to_4_kib_on_a_char_boundary() {
+        let long = "é".repeat(3000);
+        let cut = ProbeResult::truncate_output(&long);
+        assert!(cut.len() <= ProbeResult::MAX_OUTPUT && cut.len() >= ProbeResult::MAX_OUTPUT - 1);
+        assert_eq!(ProbeResult::truncate_output("ok"), "ok");
     }
 
     #[test]

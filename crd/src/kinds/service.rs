@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -87,6 +88,41 @@ pub struct ServiceSpec {
     /// `vip` (one virtual IP load-balanced over the tasks) or `dnsrr` (DNS round robin).
     #[serde(default)]
     pub endpoint_mode: EndpointMode,
+    /// Docker's ForceUpdate: raising it redeploys every task even when
+    /// nothing else changed (`shoal service update --force`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub force_update: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl ServiceSpec {
+    /// Whether tasks of `self` and of `other` are interchangeable: the specs
+    /// differ at most in what does not reach a task (replicas, update and
+    /// rollback settings). A change beyond these is a rolling update.
+    pub fn same_template(&self, other: &ServiceSpec) -> bool {
+        self.template() == other.template()
+    }
+
+    /// A stable fingerprint of the task template (FNV-1a over its JSON), as
+    /// 16 hex digits: what a rolling update rolls out.
+    pub fn template_hash(&self) -> String {
+        let json = serde_json::to_vec(&self.template()).expect("specs serialize to JSON");
+        let hash = json.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3));
+        format!("{hash:016x}")
+    }
+
+    /// The spec without what does not reach a task.
+    fn template(&self) -> ServiceSpec {
+        ServiceSpec {
+            replicas: None,
+            update_config: UpdateConfig::default(),
+            rollback_config: UpdateConfig::default(),
+            ..self.clone()
+        }
+    }
 }
 
 /// Replicated or global.
@@ -155,6 +191,9 @@ pub struct UpdateConfig {
     pub max_failure_ratio: f64,
     /// Stop the old task first, or start the new one first.
     pub order: UpdateOrder,
+    /// A batch whose tasks are not all ready this long after it started
+    /// fails the update (10m by default; Swarm would wait forever).
+    pub progress_deadline: Duration,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -289,7 +328,10 @@ pub struct FileReference {
     pub mode: u32,
 }
 
-/// Observed state of a service. Written by the service and update controllers.
+/// Observed state of a service. Written by the service and update controllers
+/// (`updateStatus` by the update controller, and by `shoal service
+/// update|rollback` when they resume or start an update, in the same
+/// compare-and-swap write as the spec).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ServiceStatus {
@@ -299,10 +341,79 @@ pub struct ServiceStatus {
     pub running_replicas: u64,
     /// Tasks wanted.
     pub desired_replicas: u64,
-    /// State of the current rolling update, if any (`updating`, `paused`, `completed`, `rollback_started`, …).
+    /// The last (or current) rolling update or rollback; absent until the
+    /// first change that replaces tasks.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub update_state: Option<String>,
-    /// Why the update is in that state.
+    pub update_status: Option<UpdateStatus>,
+}
+
+/// Where a rolling update stands, Docker's `UpdateStatus` plus the update
+/// controller's bookkeeping (kept in the store so a new leader continues
+/// where the last one stopped).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub update_message: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Why it is in this state, in words.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The service generation last seen by this update.
+    pub generation: i64,
+    /// [`ServiceSpec::template_hash`] of the spec being rolled out.
+    pub target: String,
+    /// When the current batch started (absent between batches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_started_at: Option<DateTime<Utc>>,
+    /// When the next batch may start (the delay after the last one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_batch_at: Option<DateTime<Utc>>,
+    /// Batches started so far.
+    pub batches: u64,
+    /// New tasks seen ready, with when: their monitor window starts there.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub ready: BTreeMap<String, DateTime<Utc>>,
+    /// New tasks counted as failed (they failed before their monitor window ended).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<String>,
+}
+
+/// Docker's update states.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    #[default]
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    /// A rollback, in any state.
+    pub fn is_rollback(self) -> bool {
+        matches!(self, UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted)
+    }
+
+    /// Tasks are being replaced.
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+
+    /// As Docker spells it (`rollback_started`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
 }

@@ -110,4 +110,74 @@ pub struct TaskStatus {
     /// Process exit code, once exited.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// Health as the task's probes see it; absent when the task has no
+    /// healthcheck. Written by the agent running the task.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<TaskHealth>,
+}
+
+impl TaskStatus {
+    /// Whether the task counts as running for updates and endpoints: running,
+    /// and healthy when it has a healthcheck (no probe means no `health`).
+    /// As in Docker, a task with a probe is not ready while `starting`.
+    pub fn is_ready(&self) -> bool {
+        self.state == TaskState::Running
+            && self.health.as_ref().is_none_or(|h| h.status == HealthStatus::Healthy)
+    }
+}
+
+/// The result of a task's health probes, Docker's `State.Health`. Written by
+/// the agent running the task, on its [`super::TaskObservation`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct TaskHealth {
+    pub status: HealthStatus,
+    /// Consecutive failed probes that counted (those after the start period).
+    pub failing_streak: u32,
+    /// The last probes (at most [`TaskHealth::MAX_LOG`]), oldest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<ProbeResult>,
+}
+
+impl TaskHealth {
+    /// Probe results kept in `log`, as in Docker.
+    pub const MAX_LOG: usize = 5;
+}
+
+/// `starting` until the first successful probe, then `healthy`, `unhealthy`
+/// after `retries` consecutive failures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthStatus {
+    #[default]
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+/// One run of a health probe. Written by the agent running the task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProbeResult {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// 0 healthy, anything else a failure (-1: the probe could not run or timed out).
+    pub exit_code: i32,
+    /// Standard output and error, at most [`ProbeResult::MAX_OUTPUT`] bytes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output: String,
+}
+
+impl ProbeResult {
+    /// Bytes of probe output kept (4 KiB, as in Docker).
+    pub const MAX_OUTPUT: usize = 4096;
+
+    /// `output` cut to [`Self::MAX_OUTPUT`] bytes on a character boundary.
+    pub fn truncate_output(output: &str) -> String {
+        let mut end = output.len().min(Self::MAX_OUTPUT);
+        while !output.is_char_boundary(end) {
+            end -= 1;
+        }
+        output[..end].to_string()
+    }
 }
