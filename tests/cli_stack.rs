@@ -251,3 +251,12 @@ fn silent_listener_times_out_naming_the_endpoint() {
     assert!(elapsed < Duration::from_secs(6), "took {elapsed:?}");
     assert!(stderr.contains(&endpoint) && stderr.contains("no answer within 2s"), "{stderr}");
 }
+
+#[test]
+fn stack_file_mistakes_are_reported_before_the_store_is_contacted() {
+    let output = shoal("http://127.0.0.1:9", &["stack", "deploy", "-c", "examples/bad/negative-replicas.yml", "web"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("examples/bad/negative-replicas.yml:8:17:"), "{stderr}");
+    assert!(!stderr.contains("cannot reach"), "{stderr}");
+}

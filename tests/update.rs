@@ -137,6 +137,7 @@ fn a_rolling_update_replaces_two_tasks_at_a_time_and_rolls_back_by_revision() {
     assert_eq!(update_state(&cluster, "web"), "rollback_completed");
     let history = cluster.shoal_ok(&["service", "history", "web"]);
     assert!(history.contains("rollback to revision 1"), "{history}");
+    eprintln!("DEBUG {}\n{history}\n{groups:?}\n{}", text(&out), text(&back));
 
     let forward = cluster.shoal(&["service", "rollback", "--to-revision", "2", "web"]);
     assert!(forward.status.success(), "rollback --to-revision 2 failed\n{}", text(&forward));

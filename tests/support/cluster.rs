@@ -4,7 +4,7 @@
 //! through the `shoal` CLI as an operator would.
 //!
 //! As root every agent runs in a network namespace of its own
-//! (`ip netns exec`), joined by a veth pair to a bridge in the root
+//! (entered with `nsenter --net`), joined by a veth pair to a bridge in the root
 //! namespace with a subnet of its own per cluster, so concurrent tests
 //! never share one; the agent advertises its veth address. The store keeps
 //! listening on loopback (that is what [`StoreUnderTest`] does) and a small
@@ -17,8 +17,10 @@
 //! Dropping a [`Cluster`] — also when a test panicked — SIGKILLs the
 //! controller, the agents, their shims and task processes (every process
 //! whose command line or working directory is under the cluster's temp dir,
-//! plus, as root, every process left in an agent's namespace), then deletes
-//! the namespaces and the bridge; the store goes with its own Drop.
+//! plus, as root, every process left in an agent's namespace), waits for
+//! them to exit, then deletes the veths, namespaces and the bridge; the
+//! store goes with its own Drop. Namespaces a killed run left behind are
+//! deleted by the next cluster that claims the same bridge name.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -475,18 +477,18 @@ impl Drop for Cluster {
             agent.kill();
         }
         // Shims and tasks outlive their agent by design.
-        kill_processes_under(self.dir.path());
-        for agent in &self.agents {
-            if let Some(netns) = &agent.netns {
-                let pids = Command::new("ip").args(["netns", "pids", netns]).output().map(|o| o.stdout).unwrap_or_default();
-                for pid in String::from_utf8_lossy(&pids).split_whitespace().filter_map(|p| p.parse().ok()) {
-                    sigkill(pid);
-                }
-                quiet(&["ip", "netns", "del", netns]); // takes the veth pair with it
+        let mut killed = kill_processes_under(self.dir.path());
+        for (netns, _) in self.network.iter().flat_map(|n| &n.namespaces) {
+            let pids = Command::new("ip").args(["netns", "pids", netns]).output().map(|o| o.stdout).unwrap_or_default();
+            for pid in String::from_utf8_lossy(&pids).split_whitespace().filter_map(|p| p.parse().ok()) {
+                sigkill(pid);
+                killed.push(pid);
             }
         }
-        if let Some(network) = &self.network {
-            quiet(&["ip", "link", "del", &network.bridge]);
+        // SIGKILL is asynchronous: let them go before their namespaces (Network's Drop).
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while killed.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }
@@ -500,8 +502,9 @@ pub fn count_by_node(rows: &[TaskRow]) -> BTreeMap<String, usize> {
     counts
 }
 
-/// SIGKILLs every process whose command line or working directory is under `dir`.
-fn kill_processes_under(dir: &Path) {
+/// SIGKILLs every process whose command line or working directory is under `dir`; their pids.
+fn kill_processes_under(dir: &Path) -> Vec<u32> {
+    let mut killed = Vec::new();
     let needle = format!("{}/", dir.display());
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
@@ -510,8 +513,10 @@ fn kill_processes_under(dir: &Path) {
         let in_cwd = std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
         if (in_cmdline || in_cwd) && pid != std::process::id() {
             sigkill(pid);
+            killed.push(pid);
         }
     }
+    killed
 }
 
 fn sigkill(pid: u32) {

@@ -10,8 +10,10 @@ use shoal_store::client::{ApplyPlan, Change, Store, StoreError};
 const APPLY_ATTEMPTS: usize = 5;
 
 /// Applies every document of `file`.
-pub async fn apply(store: &Store, file: &Path) -> anyhow::Result<()> {
+/// The file is checked before the store is contacted.
+pub async fn apply(flags: &crate::store_flags::StoreFlags, file: &Path) -> anyhow::Result<()> {
     let resources = load_manifests(file)?;
+    let store = &super::connect(flags).await?;
     for attempt in 1..=APPLY_ATTEMPTS {
         let plan = plan(store, &resources).await?;
         match store.commit(plan, &file.display().to_string()).await {

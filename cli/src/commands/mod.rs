@@ -34,7 +34,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::main(flags, args).await,
         Command::Controller(args) => controller::run(connect(flags).await?, args).await,
         Command::Stack(StackCommand::Deploy { compose_file, name, prune }) => {
-            stack::deploy(&connect(flags).await?, &compose_file, &name, prune).await
+            stack::deploy(flags, &compose_file, &name, prune).await
         }
         Command::Stack(StackCommand::Ls { output }) => stack::ls(&connect(flags).await?, output).await,
         Command::Stack(StackCommand::Services { name, output }) => stack::services(&connect(flags).await?, &name, output).await,
@@ -64,7 +64,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             service_update::rollback(&connect(flags).await?, &name, to_revision, detach).await
         }
         Command::Service(ServiceCommand::History { name }) => service_update::history(&connect(flags).await?, &name).await,
-        Command::Apply { file } => apply::apply(&connect(flags).await?, &file).await,
+        Command::Apply { file } => apply::apply(flags, &file).await,
         Command::Get { kind, name, output } => get::get(&connect(flags).await?, &kind, name.as_deref(), output).await,
         Command::Delete { kind, name } => get::delete(&connect(flags).await?, &kind, &name).await,
         Command::Schema { kind } => get::schema(&kind),

@@ -10,6 +10,7 @@ use shoal_crd::{Config, Resource, Secret, Service};
 use shoal_store::client::{ApplyPlan, Change, Store};
 
 use super::service::print_services;
+use crate::store_flags::StoreFlags;
 use crate::output::{print_structured, OutputFormat, Table};
 
 /// Label every object of a stack carries, as `docker stack deploy` sets it.
@@ -19,11 +20,14 @@ pub const STACK_LABEL: &str = shoal_crd::STACK_NAMESPACE_LABEL;
 const DEPLOY_ATTEMPTS: usize = 5;
 
 /// `shoal stack deploy -c FILE NAME`.
-pub async fn deploy(store: &Store, file: &Path, name: &str, prune: bool) -> anyhow::Result<()> {
+/// The file is checked before the store is contacted, so mistakes are
+/// reported even when no store is reachable.
+pub async fn deploy(flags: &StoreFlags, file: &Path, name: &str, prune: bool) -> anyhow::Result<()> {
     let stack = load_stack(file, name, &|var| std::env::var(var).ok())?;
     for warning in &stack.warnings {
         eprintln!("warning: {warning}");
     }
+    let store = &super::connect(flags).await?;
     for attempt in 1..=DEPLOY_ATTEMPTS {
         let plan = plan_stack(store, &stack, name, prune).await?;
         match store.commit(plan, &format!("stack {name}")).await {
