@@ -132,7 +132,7 @@ struct Network {
     subnet: u8,
     /// (namespace, host-side veth) per agent, recorded before they are created.
     namespaces: Vec<(String, String)>,
-    relay: Relay,
+    relay: Option<Relay>,
 }
 
 impl Network {
@@ -145,11 +145,13 @@ impl Network {
             .expect("no free shoale2e<N> bridge name (leftovers from killed runs? `ip link del` them)");
         let bridge = format!("shoale2e{subnet}");
         let gateway = Ipv4Addr::new(10, 203, subnet, 1);
-        let upstream: SocketAddr = store.endpoint().trim_start_matches("http://").parse().expect("the store's address");
-        let network = Network { relay: Relay::start(gateway.into(), upstream), bridge, subnet, namespaces: Vec::new() };
+        // Owned (deleted on drop) from here on, even if the rest fails.
+        let mut network = Network { relay: None, bridge, subnet, namespaces: Vec::new() };
         network.delete_leftovers();
         run(&["ip", "addr", "add", &format!("{gateway}/24"), "dev", &network.bridge]);
         run(&["ip", "link", "set", &network.bridge, "up"]);
+        let upstream: SocketAddr = store.endpoint().trim_start_matches("http://").parse().expect("the store's address");
+        network.relay = Some(Relay::start(gateway.into(), upstream));
         network
     }
 
@@ -190,7 +192,7 @@ impl Network {
     }
 
     fn store_endpoint(&self) -> String {
-        format!("http://{}", self.relay.addr)
+        format!("http://{}", self.relay.as_ref().expect("the relay runs once the network is up").addr)
     }
 }
 

@@ -113,14 +113,16 @@ fn resume(service: &mut Service) -> bool {
         UpdateState::RollbackPaused => UpdateState::RollbackStarted,
         _ => return false,
     };
+    // A resumed update starts afresh, as in Swarm: failures before now no
+    // longer count (the update loop counts tasks created since `startedAt`).
     *update = UpdateStatus {
         state,
+        started_at: Some(Utc::now()),
         message: format!("resumed by service update (was: {})", update.message),
-        generation: service.metadata.generation + 1,
+        failed: Vec::new(),
+        batch_started_at: None,
         ..update.clone()
     };
-    update.failed.clear();
-    update.batch_started_at = None;
     true
 }
 

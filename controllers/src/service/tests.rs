@@ -180,3 +180,32 @@ fn global_task(node: &str) -> shoal_crd::Task {
     task.metadata.created_at = Some(at(0));
     task
 }
+
+/// `task` with another image: what a rolling update's replacement carries.
+fn updated(mut view: TaskView) -> TaskView {
+    let mut task = (*view.task).clone();
+    task.spec.spec.image = "demo:2".into();
+    view.task = Arc::new(task);
+    view
+}
+
+#[test]
+fn a_start_first_handover_keeps_the_old_task_until_its_replacement_is_ready() {
+    let starting = updated(task(1, 10, "n2", TaskState::Starting, TaskState::Running));
+    let tasks = vec![running(1, "n1"), starting];
+    assert!(Case::new(1, tasks).plan().shutdown.is_empty(), "the update loop stops the old task once the new one is ready");
+    let ready = updated(task(1, 10, "n2", TaskState::Running, TaskState::Running));
+    let tasks = vec![running(1, "n1"), TaskView { ready: true, ..ready }];
+    assert_eq!(stopped(&Case::new(1, tasks).plan()), ["t1-0"]);
+}
+
+#[test]
+fn a_slot_whose_task_was_told_to_stop_is_refilled_once_it_has_stopped() {
+    let stopping = task(1, 0, "n1", TaskState::Running, TaskState::Shutdown);
+    assert!(Case::new(1, vec![stopping]).plan().create.is_empty(), "stop-first: not before the old task is down");
+    let stopped_task = task(1, 0, "n1", TaskState::Shutdown, TaskState::Shutdown);
+    assert_eq!(Case::new(1, vec![stopped_task]).plan().create, [Slot::Replica(1)]);
+    let mut gone = Case::new(1, vec![task(1, 0, "n1", TaskState::Running, TaskState::Shutdown)]);
+    gone.nodes.insert("n1".into(), NodeCondition::Down);
+    assert_eq!(gone.plan().create, [Slot::Replica(1)], "a down node's task will never report stopped");
+}

@@ -177,12 +177,29 @@ async fn write_tasks(ctx: &Context, key: &str, service: &Service, tasks: &[TaskV
     Ok(())
 }
 
-/// Writes `update` as the service's update status; false on a conflict
-/// (the service changed meanwhile: that change queues another reconcile).
+/// Writes `update` as the service's update status. On a conflict with a
+/// write that left the spec and the update status as they were (the
+/// service loop's replica counts), writes again on the fresh object, so a
+/// batch's bookkeeping is not lost to a concurrent status write. False
+/// when the service really changed meanwhile (that change queues another
+/// reconcile).
 async fn write_status(ctx: &Context, service: &Service, update: UpdateStatus) -> Result<bool, StoreError> {
+    let planned_on = service.status.as_ref().and_then(|s| s.update_status.clone());
     let mut next = service.clone();
-    next.status.get_or_insert_with(Default::default).update_status = Some(update);
-    write_service(ctx, next).await
+    for _ in 0..3 {
+        next.status.get_or_insert_with(Default::default).update_status = Some(update.clone());
+        if write_service(ctx, next).await? {
+            return Ok(true);
+        }
+        let Some(fresh) = ctx.store.get::<Service>(&service.metadata.name).await? else { return Ok(false) };
+        let unchanged = fresh.metadata.generation == service.metadata.generation
+            && fresh.status.as_ref().and_then(|s| s.update_status.clone()) == planned_on;
+        if !unchanged {
+            return Ok(false);
+        }
+        next = fresh;
+    }
+    Ok(false)
 }
 
 /// Failure action rollback: the spec of the previous revision (replicas
