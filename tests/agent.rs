@@ -525,7 +525,7 @@ async fn health_probes_mark_tasks_healthy_and_fail_unhealthy_ones_but_not_during
     assert!(!alive(pid), "the unhealthy task's process still runs");
 
     // Refused connections in the start period did not count (retries 1).
-    let slow_status = status_when(&store, &agent, "t-slow", "healthy", |s| health_is(s, HealthStatus::Healthy) || s.state != TaskState::Running).await;
+    let slow_status = status_when(&store, &agent, "t-slow", "healthy", |s| health_is(s, HealthStatus::Healthy) || s.state.is_terminal()).await;
     assert_eq!(slow_status.state, TaskState::Running, "{slow_status:?}");
     let log = &slow_status.health.as_ref().unwrap().log;
     assert!(log.iter().any(|r| r.exit_code != 0), "no failure during the start period was logged: {log:?}");
@@ -544,7 +544,7 @@ async fn a_probe_of_127_0_0_1_port_80_reaches_the_tasks_own_namespace_and_resume
     let mut agent = AgentUnderTest::start_with(&server, "node-probe", &network.flags(true));
     let task = demo_task(&id, "node-probe", "shoal/demo:1.0", &[("DEMO_LISTEN", "0.0.0.0:80")]);
     store.create(with_probe(task, "http://127.0.0.1:80/health", 2, Duration::ZERO)).await.unwrap();
-    let healthy = status_when(&store, &agent, &id, "healthy", |s| health_is(s, HealthStatus::Healthy) || s.state != TaskState::Running).await;
+    let healthy = status_when(&store, &agent, &id, "healthy", |s| health_is(s, HealthStatus::Healthy) || s.state.is_terminal()).await;
     assert!(healthy.is_ready(), "{healthy:?}");
     let pid = store.require::<TaskObservation>(&id).await.unwrap().spec.pid;
 
