@@ -40,14 +40,34 @@ pub enum AgentError {
     Register { name: String, #[source] source: StoreError },
 }
 
+/// Registers the node, retrying while the store is unreachable or slow (an
+/// agent may start before its store, or ride out a store restart), with
+/// backoff up to 10 s. Other errors end the agent.
+async fn register_with_retry(store: &Store, config: &AgentConfig, facts: &NodeFacts) -> Result<shoal_crd::Node, AgentError> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match register(store, &config.name, facts, &config.labels).await {
+            Ok(node) => return Ok(node),
+            Err(err @ (StoreError::Timeout { .. } | StoreError::Unreachable { .. })) => {
+                tracing::warn!(node = %config.name, error = %err, retry_in = ?delay, "cannot register yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(source) => return Err(AgentError::Register { name: config.name.clone(), source }),
+        }
+    }
+}
+
 /// Runs the agent until `shutdown` resolves. Tasks keep running after it
 /// returns; the heartbeat is revoked so the node shows down at once.
 pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let facts = NodeFacts::gather(&config.advertise_addr);
-    let node = register(&store, &config.name, &facts, &config.labels)
-        .await
-        .map_err(|source| AgentError::Register { name: config.name.clone(), source })?;
+    tokio::pin!(shutdown);
+    let node = tokio::select! {
+        registered = register_with_retry(&store, &config, &facts) => registered?,
+        _ = &mut shutdown => return Ok(()),
+    };
     tracing::info!(node = %config.name, addr = %config.advertise_addr, data_dir = %config.data_dir.display(), "node registered");
     let mut heartbeat = Heartbeat::start(
         store.clone(),
@@ -95,7 +115,6 @@ pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output
         tracing::info!(task = %id, "task directory without a Task: stopping and removing it");
         workers.start(id, None);
     }
-    tokio::pin!(shutdown);
     loop {
         if !bridge_settled {
             bridge_settled = attach_bridge(&store, &config, &ctx.runtime).await;

@@ -8,6 +8,8 @@ use anyhow::bail;
 pub enum Kind {
     Service,
     Task,
+    TaskObservation,
+    ServiceRevision,
     Node,
     Config,
     Secret,
@@ -15,23 +17,26 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Parses `service`, `services`, `Service`, `svc` …
+    /// Parses `service`, `services`, `Service`, `svc` … (names resolved by crd's kind table).
     pub fn parse(input: &str) -> anyhow::Result<Kind> {
-        let kind = match input.to_ascii_lowercase().as_str() {
-            "service" | "services" | "svc" => Kind::Service,
-            "task" | "tasks" => Kind::Task,
-            "node" | "nodes" => Kind::Node,
-            "config" | "configs" => Kind::Config,
-            "secret" | "secrets" => Kind::Secret,
-            "event" | "events" => Kind::Event,
-            _ => bail!("unknown kind {input:?}: expected one of services, tasks, nodes, configs, secrets, events"),
+        let name = if input.eq_ignore_ascii_case("svc") { Some("Service") } else { shoal_crd::canonical_kind(input) };
+        let kind = match name {
+            Some("Service") => Kind::Service,
+            Some("Task") => Kind::Task,
+            Some("TaskObservation") => Kind::TaskObservation,
+            Some("ServiceRevision") => Kind::ServiceRevision,
+            Some("Node") => Kind::Node,
+            Some("Config") => Kind::Config,
+            Some("Secret") => Kind::Secret,
+            Some("Event") => Kind::Event,
+            _ => bail!("unknown kind {input:?}: expected one of {}", shoal_crd::kind_names().join(", ")),
         };
         Ok(kind)
     }
 
     /// True for kinds only Shoal's own components write.
     pub fn is_system_owned(self) -> bool {
-        matches!(self, Kind::Task | Kind::Node | Kind::Event)
+        matches!(self, Kind::Task | Kind::TaskObservation | Kind::ServiceRevision | Kind::Node | Kind::Event)
     }
 }
 
@@ -41,6 +46,8 @@ macro_rules! with_kind {
         match $kind {
             $crate::kinds::Kind::Service => { type $R = shoal_crd::Service; $body }
             $crate::kinds::Kind::Task => { type $R = shoal_crd::Task; $body }
+            $crate::kinds::Kind::TaskObservation => { type $R = shoal_crd::TaskObservation; $body }
+            $crate::kinds::Kind::ServiceRevision => { type $R = shoal_crd::ServiceRevision; $body }
             $crate::kinds::Kind::Node => { type $R = shoal_crd::Node; $body }
             $crate::kinds::Kind::Config => { type $R = shoal_crd::Config; $body }
             $crate::kinds::Kind::Secret => { type $R = shoal_crd::Secret; $body }

@@ -30,4 +30,4 @@ pub use duration::{parse_duration, Duration};
 pub use kinds::*;
 pub use manifest::{load_manifests, AnyResource};
 pub use meta::{ObjectMeta, Resource, API_VERSION};
-pub use schema::{canonical_kind, schema_for, KINDS};
+pub use schema::{canonical_kind, kind_names, schema_for, KIND_TABLE};

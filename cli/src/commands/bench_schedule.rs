@@ -156,8 +156,13 @@ pub async fn bench(sizes: Sizes, etcd: EtcdChoice, timeout: Duration) -> anyhow:
         let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(store.serve(listener, stopped.map(|_| ())));
         let row = run_backend("embedded", &config, sizes, timeout).await.context("embedded store");
+        // Graceful shutdown waits for every connection to close; a watcher
+        // task still parked on its stream would hold one open forever.
         let _ = stop.send(());
-        let _ = server.await;
+        let abort = server.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
+            abort.abort();
+        }
         row?
     };
     let etcd = match etcd {

@@ -54,7 +54,7 @@ pub async fn delete(store: &Store, kind: &str, name: &str) -> anyhow::Result<()>
 /// `shoal schema KIND`.
 pub fn schema(kind: &str) -> anyhow::Result<()> {
     let schema = shoal_crd::schema_for(kind)
-        .ok_or_else(|| anyhow!("unknown kind {kind:?}: expected one of {}", shoal_crd::KINDS.join(", ")))?;
+        .ok_or_else(|| anyhow!("unknown kind {kind:?}: expected one of {}", shoal_crd::kind_names().join(", ")))?;
     println!("{}", serde_json::to_string_pretty(&schema)?);
     Ok(())
 }
