@@ -10,6 +10,7 @@ pub enum Kind {
     Task,
     TaskObservation,
     ServiceRevision,
+    Endpoints,
     Node,
     Config,
     Secret,
@@ -25,6 +26,7 @@ impl Kind {
             Some("Task") => Kind::Task,
             Some("TaskObservation") => Kind::TaskObservation,
             Some("ServiceRevision") => Kind::ServiceRevision,
+            Some("Endpoints") => Kind::Endpoints,
             Some("Node") => Kind::Node,
             Some("Config") => Kind::Config,
             Some("Secret") => Kind::Secret,
@@ -36,7 +38,7 @@ impl Kind {
 
     /// True for kinds only Shoal's own components write.
     pub fn is_system_owned(self) -> bool {
-        matches!(self, Kind::Task | Kind::TaskObservation | Kind::ServiceRevision | Kind::Node | Kind::Event)
+        matches!(self, Kind::Task | Kind::TaskObservation | Kind::ServiceRevision | Kind::Endpoints | Kind::Node | Kind::Event)
     }
 }
 
@@ -48,6 +50,7 @@ macro_rules! with_kind {
             $crate::kinds::Kind::Task => { type $R = shoal_crd::Task; $body }
             $crate::kinds::Kind::TaskObservation => { type $R = shoal_crd::TaskObservation; $body }
             $crate::kinds::Kind::ServiceRevision => { type $R = shoal_crd::ServiceRevision; $body }
+            $crate::kinds::Kind::Endpoints => { type $R = shoal_crd::Endpoints; $body }
             $crate::kinds::Kind::Node => { type $R = shoal_crd::Node; $body }
             $crate::kinds::Kind::Config => { type $R = shoal_crd::Config; $body }
             $crate::kinds::Kind::Secret => { type $R = shoal_crd::Secret; $body }

@@ -7,7 +7,7 @@
 //! - `{prefix}/nodes/<name>`: created by the node's agent on first
 //!   registration (default spec, `--labels`); afterwards the spec is the
 //!   operator's. The agent rewrites only the status facts (hostname,
-//!   platform, cpus, memory, addr, agentVersion) with compare-and-swap,
+//!   platform, cpus, memory, addr, agentVersion, sealingKey) with compare-and-swap,
 //!   keeping `state`, which only the health controller writes, and
 //!   `taskSubnet`, which only the controllers' node loop writes.
 //! - `{prefix}/heartbeats/<name>` ([`heartbeat_key`]): written only by the
@@ -89,6 +89,11 @@ pub struct NodeStatus {
     /// when the Node is deleted. The agent only reads it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_subnet: Option<String>,
+    /// The X25519 public key the node's agent generated (its private half
+    /// never leaves the node): the secrets controller seals secrets' data
+    /// keys to it (SealedSecret). Written only by the agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealing_key: Option<crate::sealing::PublicKey>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
