@@ -26,7 +26,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -36,7 +35,7 @@ use shoal_agent::network::task::{netns_name, veth_name};
 use shoal_crd::{heartbeat_key, HealthCheck, HealthStatus, Node, ServiceSpec, Task, TaskNetwork, TaskObservation, TaskSpec, TaskState, TaskStatus};
 use shoal_store::client::{Store, StoreConfig};
 use shoal_store::proto::RangeRequest;
-use support::{free_port, Backend, StoreUnderTest};
+use support::{free_port, http_get, Backend, StoreUnderTest};
 
 const TTL: u64 = 3;
 
@@ -178,16 +177,6 @@ async fn heartbeat_exists(store: &Store, node: &str) -> bool {
     let etcd = store.etcd();
     let response = etcd.unary(etcd.kv().range(RangeRequest { key, ..Default::default() })).await.unwrap();
     !response.kvs.is_empty()
-}
-
-/// `GET /` over plain HTTP/1.0; the body.
-fn http_get(addr: SocketAddr) -> Option<String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 
 async fn task_runs_stops_survives_an_agent_kill_and_is_readopted(backend: Backend) {

@@ -6,29 +6,12 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{etcdctl_ok, wait_until, StoreUnderTest};
-
-/// Runs `shoal --etcd-endpoints … ARGS…`, with `stdin` piped in.
-fn shoal_with_stdin(store: &StoreUnderTest, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--etcd-endpoints")
-        .arg(store.endpoint())
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run shoal");
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
-}
+use support::{etcdctl_ok, shoal_with_stdin, wait_until, StoreUnderTest};
 
 fn shoal(store: &StoreUnderTest, args: &[&str]) -> Output {
     shoal_with_stdin(store, args, b"")

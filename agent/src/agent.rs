@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use shoal_crd::sealing::KeyFile;
 use shoal_crd::{heartbeat_key, Node, Task, TaskNetwork};
 use shoal_store::client::reflector::reflector;
 use shoal_store::client::{Store, StoreError};
@@ -28,6 +29,9 @@ use crate::node::{register, NodeFacts};
 use crate::runtime::{ProcessRuntime, Runtime};
 use crate::worker::{self, Context, TaskSlot};
 
+/// The node's private key file in its data dir (mode 0600; never leaves the node).
+pub const NODE_KEY_FILE: &str = "node.key";
+
 /// How often finished workers are reaped even when no Task changes.
 const RESYNC: Duration = Duration::from_secs(1);
 
@@ -36,6 +40,8 @@ const RESYNC: Duration = Duration::from_secs(1);
 pub enum AgentError {
     #[error("cannot create the agent's data dir {path}: {source}")]
     DataDir { path: String, #[source] source: std::io::Error },
+    #[error("cannot read or create the node's key {path}: {source}")]
+    NodeKey { path: String, #[source] source: std::io::Error },
     #[error("cannot register node {name}: {source}")]
     Register { name: String, #[source] source: StoreError },
 }
@@ -62,7 +68,9 @@ async fn register_with_retry(store: &Store, config: &AgentConfig, facts: &NodeFa
 /// returns; the heartbeat is revoked so the node shows down at once.
 pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir { path: config.data_dir.display().to_string(), source })?;
-    let facts = NodeFacts::gather(&config.advertise_addr);
+    let key_path = config.data_dir.join(NODE_KEY_FILE);
+    let node_keys = KeyFile::load_or_create(&key_path).map_err(|source| AgentError::NodeKey { path: key_path.display().to_string(), source })?;
+    let facts = NodeFacts::gather(&config.advertise_addr).with_sealing_key(node_keys.current().public());
     tokio::pin!(shutdown);
     let node = tokio::select! {
         registered = register_with_retry(&store, &config, &facts) => registered?,
@@ -79,6 +87,7 @@ pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output
         },
     );
     heartbeat.wait_established().await;
+    let dataplane = crate::dataplane::sync::start_for(&store, &config);
 
     let ctx = Arc::new(Context {
         store: store.clone(),
@@ -91,6 +100,8 @@ pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output
             log_max_bytes: config.log_max_bytes,
             log_keep: config.log_keep,
         },
+        node_keys: node_keys.keys,
+        hostname: facts.hostname.clone(),
     });
     let (mut tasks, reflector_task) = reflector::<Task>(store.clone());
     tasks.wait_until_ready().await;
@@ -128,6 +139,9 @@ pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output
     }
     reflector_task.abort();
     workers.abort();
+    if let Some(dataplane) = dataplane {
+        dataplane.stop().await;
+    }
     heartbeat.stop().await;
     if let Some(bridge) = ctx.runtime.bridge() {
         remove_bridge_if_unused(bridge, &ctx.runtime);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use ipnet::Ipv4Net;
 
+use crate::dataplane::DataPlaneMode;
 use crate::image::ImageCatalog;
 use crate::network::NetworkMode;
 
@@ -34,6 +35,8 @@ pub struct AgentConfig {
     pub bridge: String,
     /// Stands in for (and overrides) the Node's `status.taskSubnet`.
     pub task_subnet: Option<Ipv4Net>,
+    /// How services are made reachable on this node (nftables as root).
+    pub dataplane: DataPlaneMode,
 }
 
 /// Parses `k=v` labels.

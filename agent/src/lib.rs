@@ -13,20 +13,24 @@
 //! - [`launch`]: env, working dir and user of a task's process.
 //! - [`runtime`]: the runtime trait and the process runtime.
 //! - [`network`]: per-task network namespaces on the node's bridge (root).
+//! - [`dataplane`]: service VIPs and published ports (nftables), routes between nodes.
 //! - [`shim`]: the per-task supervisor that outlives the agent.
 //! - [`taskdir`]: the per-task files the shim and the agent share.
+//! - [`files`]: configs and secrets: opened with the node's key, mounted into the task.
 //! - [`logs`]: rotating log files.
 //! - [`sys`]: signals and `/proc`.
 //!
 //! Key ownership: the agent writes `{prefix}/nodes/<name>` (creation and
-//! status facts only), `{prefix}/heartbeats/<name>` (lease-attached) and
-//! `{prefix}/taskobservations/<task id>`; it only reads `{prefix}/tasks/`.
+//! status facts only), `{prefix}/heartbeats/<name>` (lease-attached),
+//! `{prefix}/taskobservations/<task id>` and `{prefix}/dataplane/<name>`; it only reads `{prefix}/tasks/`,
+//! configs, secrets and its own `{prefix}/sealedsecrets/<secret>.<node>`.
 //!
-//! Not yet: configs/secrets, data plane, DNS, routes between
-//! nodes' task subnets.
+//! Not yet: DNS, the userspace proxy and IPVS data planes.
 
 pub mod agent;
 pub mod config;
+pub mod dataplane;
+pub mod files;
 pub mod health;
 pub mod heartbeat;
 pub mod image;

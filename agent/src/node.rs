@@ -1,11 +1,12 @@
 //! Registering this node: the agent creates its Node object when absent
 //! (default spec plus `--labels`; afterwards the spec is the operator's) and
 //! keeps the status facts it owns — hostname, platform, CPUs, memory,
-//! address, agent version — current with compare-and-swap, leaving the
+//! address, agent version, public sealing key — current with compare-and-swap, leaving the
 //! health controller's `state` alone.
 
 use std::collections::BTreeMap;
 
+use shoal_crd::sealing::PublicKey;
 use shoal_crd::{Node, NodeSpec, NodeStatus, Platform};
 use shoal_store::client::{Store, StoreError};
 
@@ -19,6 +20,8 @@ pub struct NodeFacts {
     pub memory: u64,
     pub addr: String,
     pub agent_version: String,
+    /// The public half of the node's key (secrets are sealed to it).
+    pub sealing_key: Option<PublicKey>,
 }
 
 impl NodeFacts {
@@ -34,7 +37,14 @@ impl NodeFacts {
             memory,
             addr: addr.into(),
             agent_version: env!("CARGO_PKG_VERSION").into(),
+            sealing_key: None,
         }
+    }
+
+    /// These facts, also publishing the node's public sealing key.
+    pub fn with_sealing_key(mut self, key: PublicKey) -> Self {
+        self.sealing_key = Some(key);
+        self
     }
 
     /// `status` with these facts written over the agent's fields.
@@ -45,6 +55,9 @@ impl NodeFacts {
         status.memory = self.memory;
         status.addr = self.addr.clone();
         status.agent_version = self.agent_version.clone();
+        if let Some(key) = &self.sealing_key {
+            status.sealing_key = Some(key.clone());
+        }
         status
     }
 }

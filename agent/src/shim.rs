@@ -2,8 +2,10 @@
 //! in its own session that owns the task process, so the task outlives the
 //! agent (killed, upgraded, restarted) and the next agent can re-adopt it.
 //!
-//! It reads `launch.json`, enters the task's network namespace if it has
-//! one, starts the task in a process group of its own,
+//! It reads `launch.json` (and, when the task has configs or secrets, their
+//! content from stdin), enters the task's network namespace if it has
+//! one, gives it a mount namespace with those files
+//! ([`crate::files::mount`]), starts the task in a process group of its own,
 //! records `pid.json`, copies stdout/stderr into rotating log files and, when
 //! the task exits, records `exit.json` and exits itself. It holds no state
 //! that the files do not: an agent re-attaches by reading them.
@@ -45,11 +47,27 @@ pub fn run(dir: PathBuf) -> Result<(), ShimError> {
     let Some((program, args)) = launch.argv.split_first() else {
         return task.write_exit(&failure("the task has no command".into())).map_err(record);
     };
+    // Read before anything can fail: the agent is writing the pipe.
+    let contents = if launch.files.is_empty() {
+        Vec::new()
+    } else {
+        match crate::files::decode_payload(std::io::stdin().lock(), launch.files.len()) {
+            Ok(contents) => contents,
+            Err(err) => return task.write_exit(&failure(format!("cannot read the task's configs and secrets from the agent: {err}"))).map_err(record),
+        }
+    };
     if let Some(netns) = &launch.netns {
         // The task is forked from this thread, so it starts inside. Not in
         // `pre_exec`: std runs that after setuid, and setns needs root.
         if let Err(err) = sys::enter_netns(netns) {
             return task.write_exit(&failure(format!("cannot enter the network namespace {}: {err}", netns.display()))).map_err(record);
+        }
+    }
+    if !launch.files.is_empty() {
+        // Same thread as the spawn below: the task starts in this namespace.
+        let files: Vec<_> = launch.files.iter().cloned().zip(contents).collect();
+        if let Err(err) = crate::files::mount::place(&files, &task.file("mnt")) {
+            return task.write_exit(&failure(format!("cannot mount the task's configs and secrets: {err}"))).map_err(record);
         }
     }
     let env = crate::launch::process_env(&launch);

@@ -61,6 +61,20 @@ pub fn enter_netns(path: &std::path::Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Moves the calling thread into the mount namespace at `path`
+/// (`/proc/<pid>/ns/mnt`). The thread first stops sharing its filesystem
+/// attributes with the process's other threads, which setns(2) requires.
+pub fn enter_mntns(path: &std::path::Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path)?;
+    // SAFETY: unshare(2) and setns(2) have no memory-safety preconditions;
+    // both affect only the calling thread.
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 || unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Parses a signal as Docker accepts it: `SIGTERM`, `TERM`, or `15`.
 pub fn parse_signal(text: &str) -> Option<i32> {
     let text = text.trim();

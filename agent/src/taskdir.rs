@@ -42,6 +42,10 @@ pub struct Launch {
     /// The network namespace to run in (`/run/netns/<name>`); the host's when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<PathBuf>,
+    /// Configs and secrets the shim places in the task's own mount
+    /// namespace (root); their content comes on the shim's stdin, never here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::files::TaskFile>,
 }
 
 /// The running task process.

@@ -21,6 +21,7 @@ use shoal_store::client::Store;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::files::{self, Content};
 use crate::health::{self, HealthMonitor, Outcome, ProbeConfig};
 use crate::image::ImageCatalog;
 use crate::launch::{self, LaunchDefaults};
@@ -28,7 +29,7 @@ use crate::observation::{ObservationWriter, Report};
 use crate::runtime::{Inspection, Runtime, RuntimeError, Started};
 use crate::state::{exit_outcome, next_step, Step};
 use crate::sys;
-use crate::taskdir::ExitRecord;
+use crate::taskdir::{ExitRecord, Launch};
 
 /// Stop settings for a task whose spec is unknown (an orphaned directory).
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -40,7 +41,14 @@ pub struct Context<R> {
     pub runtime: R,
     pub catalog: ImageCatalog,
     pub launch: LaunchDefaults,
+    /// This node's private key(s), which open the secrets sealed to it.
+    pub node_keys: Vec<shoal_crd::sealing::PrivateKey>,
+    /// The machine's hostname (`{{ .Node.Hostname }}` in config templates).
+    pub hostname: String,
 }
+
+/// How long a task waits in `preparing` for its secrets' sealed copies.
+const SEALED_COPY_WAIT: Duration = Duration::from_secs(30);
 
 /// The latest Task a worker should act on; `None` once it is gone.
 pub type TaskSlot = watch::Sender<Option<Arc<Task>>>;
@@ -144,7 +152,9 @@ impl<R: Runtime> Worker<R> {
                 self.exited(task, exit, task.spec.desired_state > TaskState::Running).await;
                 self.state
             }
-            (_, Inspection::Prepared) => TaskState::Preparing,
+            // Prepared by an earlier agent: its configs and secrets were in
+            // that agent's memory only, so prepare again.
+            (_, Inspection::Prepared) => TaskState::Accepted,
             (Some((TaskState::Starting | TaskState::Running, _)), Inspection::Absent) => {
                 let message = "task process lost: its files are gone".to_string();
                 self.report(task, Report { state: TaskState::Failed, message, ..Default::default() }).await;
@@ -155,13 +165,19 @@ impl<R: Runtime> Worker<R> {
     }
 
     async fn prepare(&mut self, task: &Task) {
-        let result = self
+        let launch = self
             .ctx
             .catalog
             .resolve(&task.spec.spec)
             .map_err(|e| (TaskState::Rejected, e.to_string()))
-            .and_then(|image| launch::build(task, image, &self.ctx.launch).map_err(|e| (TaskState::Rejected, e.to_string())))
-            .and_then(|launch| self.ctx.runtime.prepare(&self.id, &launch).map_err(|e| (TaskState::Failed, e.to_string())));
+            .and_then(|image| launch::build(task, image, &self.ctx.launch).map_err(|e| (TaskState::Rejected, e.to_string())));
+        let result = match launch {
+            Ok(launch) => match self.deliver_files(task, launch).await {
+                Ok((launch, contents)) => self.ctx.runtime.prepare(&self.id, &launch, contents).map_err(|e| (TaskState::Failed, e.to_string())),
+                Err(failure) => Err(failure),
+            },
+            Err(failure) => Err(failure),
+        };
         let (state, message) = match result {
             Ok(()) => {
                 self.observation.attach(self.ctx.runtime.network(&self.id));
@@ -170,6 +186,33 @@ impl<R: Runtime> Worker<R> {
             Err(failure) => failure,
         };
         self.report(task, Report { state, message, ..Default::default() }).await;
+    }
+
+    /// Fetches and opens the task's configs and secrets: as root their
+    /// targets go into `launch.files` (content kept for the shim, in
+    /// memory); otherwise they are written below the task's directory.
+    async fn deliver_files(&self, task: &Task, mut launch: Launch) -> Result<(Launch, Vec<Content>), (TaskState, String)> {
+        let spec = &task.spec.spec;
+        if spec.configs.is_empty() && spec.secrets.is_empty() {
+            return Ok((launch, Vec::new()));
+        }
+        let source = files::Source { store: &self.ctx.store, node: &self.ctx.node, hostname: &self.ctx.hostname, keys: &self.ctx.node_keys, wait: SEALED_COPY_WAIT };
+        let delivered = files::gather(&source, task).await.map_err(|e| {
+            let state = if e.is_permanent() { TaskState::Rejected } else { TaskState::Failed };
+            (state, e.to_string())
+        })?;
+        if sys::is_root() {
+            let (targets, contents) = delivered.into_iter().map(|d| (d.file, d.content)).unzip();
+            launch.files = targets;
+            return Ok((launch, contents));
+        }
+        let dir = crate::taskdir::TaskDir::new(&self.ctx.launch.data_dir, &self.id);
+        let env = dir
+            .create()
+            .and_then(|()| files::write_plain(dir.path(), &delivered))
+            .map_err(|e| (TaskState::Failed, format!("writing the task's configs and secrets: {e}")))?;
+        launch.env.extend(env);
+        Ok((launch, Vec::new()))
     }
 
     async fn start(&mut self, task: &Task) {

@@ -2,7 +2,7 @@
 //! shared: one reflector per kind, many cheap readers.
 
 use shoal_crd::{Node, Service, Task, TaskObservation};
-use shoal_store::client::reflector::{reflector, Reader};
+use shoal_store::client::reflector::{reflector, reflector_grouped, Reader};
 use shoal_store::client::Store;
 use tokio::task::JoinHandle;
 
@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 #[derive(Clone)]
 pub struct Caches {
     pub services: Reader<Service>,
+    /// Grouped by service name (`tasks.group(service)`).
     pub tasks: Reader<Task>,
     pub observations: Reader<TaskObservation>,
     pub nodes: Reader<Node>,
@@ -30,7 +31,8 @@ impl Caches {
     /// Starts a reflector per kind on `store`.
     pub fn start(store: &Store) -> (Self, Reflectors) {
         let (services, a) = reflector::<Service>(store.clone());
-        let (tasks, b) = reflector::<Task>(store.clone());
+        // Grouped by service: the loops read one service's tasks at a time.
+        let (tasks, b) = reflector_grouped::<Task>(store.clone(), |t| t.spec.service_name.clone());
         let (observations, c) = reflector::<TaskObservation>(store.clone());
         let (nodes, d) = reflector::<Node>(store.clone());
         (Self { services, tasks, observations, nodes }, Reflectors(vec![a, b, c, d]))

@@ -7,6 +7,9 @@
 //! - [`scheduler`]: assigns nodes to tasks (filters, then spread).
 //! - [`update`]: rolling updates and rollbacks; service revisions.
 //! - [`nodes`]: node readiness from agent heartbeats.
+//! - [`endpoints`]: each service's VIP, published ports and backends.
+//! - [`secrets`]: secrets' data keys sealed to the nodes that run tasks
+//!   using them (SealedSecret objects, which only it writes).
 //! - [`manager`]: leader election around all loops ([`manager::run_all`]).
 //! - Shared by the loops: [`caches`] (one reflector per kind), [`tasks`]
 //!   (effective task state, node conditions), [`writes`] (batched
@@ -22,15 +25,20 @@
 //! start-first replacements, a Service's `status.updateStatus` (and its
 //! spec for an automatic rollback) and ServiceRevision objects.
 //!
-//! Next, in the same shape: health, secret rotation and endpoints.
+//! The endpoints loop writes Endpoints objects (nobody else does) and a
+//! Service's `status.endpointError`.
+//!
+//! Next, in the same shape: health and secret rotation.
 
 pub mod caches;
+pub mod endpoints;
 pub mod expectations;
 pub mod ipam;
 pub mod manager;
 pub mod nodes;
 pub mod runtime;
 pub mod scheduler;
+pub mod secrets;
 pub mod service;
 pub mod tasks;
 pub mod update;

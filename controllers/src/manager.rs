@@ -22,7 +22,8 @@ use shoal_store::client::Store;
 
 use crate::caches::Caches;
 use crate::nodes::heartbeats::Heartbeats;
-use crate::{nodes, scheduler, service, update};
+use crate::endpoints::allocate::{default_service_cidr, Ipv4Net};
+use crate::{endpoints, nodes, scheduler, secrets, service, update};
 
 /// The election every controller manager campaigns in.
 pub const ELECTION: &str = "controllers";
@@ -38,6 +39,11 @@ pub struct Settings {
     pub task_history_limit: usize,
     /// Spec revisions kept per service (for rollback).
     pub revision_history_limit: usize,
+    /// The cluster's private keys (`--encryption-key-file`), with which the
+    /// secrets loop re-seals secrets to nodes; empty: that loop idles.
+    pub sealing_keys: Vec<shoal_crd::sealing::PrivateKey>,
+    /// Where services' virtual IPs come from.
+    pub service_cidr: Ipv4Net,
 }
 
 impl Settings {
@@ -48,6 +54,8 @@ impl Settings {
             lease_ttl_secs: 5,
             task_history_limit: service::DEFAULT_HISTORY_LIMIT,
             revision_history_limit: update::revisions::DEFAULT_LIMIT,
+            sealing_keys: Vec::new(),
+            service_cidr: default_service_cidr(),
         }
     }
 }
@@ -110,6 +118,9 @@ pub async fn lead(store: Store, settings: &Settings, term_over: impl Future<Outp
     let service = Arc::new(service::Context::new(store.clone(), caches.clone(), settings.task_history_limit));
     let scheduler = Arc::new(scheduler::Context::new(store.clone(), caches.clone()));
     let update = Arc::new(update::Context::new(store.clone(), caches.clone(), revisions, settings.revision_history_limit));
+    let (secrets, _secret_reflectors) = secrets::Context::start(store.clone(), caches.clone(), settings.sealing_keys.clone());
+    let (endpoints, endpoints_task) = endpoints::Context::start(store.clone(), caches.clone(), settings.service_cidr);
+    let (endpoints, _endpoints_task) = (Arc::new(endpoints), AbortOnDrop(endpoints_task));
     let nodes = Arc::new(nodes::Context::new(store, caches.nodes.clone(), heartbeats));
     let settled = async {
         nodes::settle(&nodes).await;
@@ -124,6 +135,8 @@ pub async fn lead(store: Store, settings: &Settings, term_over: impl Future<Outp
         scheduler::run(scheduler, term_over.clone()),
         update::run(update, term_over.clone()),
         nodes::run(nodes, term_over.clone()),
+        secrets::run(secrets, term_over.clone()),
+        endpoints::run(endpoints, term_over.clone()),
     );
 }
 

@@ -31,7 +31,7 @@ impl TaskView {
     /// Combines a task with its observation (ignored when it belongs to an
     /// earlier task of the same name, i.e. its `taskUid` differs).
     pub fn new(task: Arc<Task>, observation: Option<&TaskObservation>) -> Self {
-        let observation = observation.filter(|o| o.spec.task_uid.is_empty() || o.spec.task_uid == task.metadata.uid);
+        let observation = observation.filter(|o| observes(o, &task));
         let reported = observation.and_then(|o| o.status.as_ref().map(|s| (s, o.metadata.updated_at)));
         let own = task.status.as_ref().map(|s| (s, task.metadata.updated_at));
         let (state, since, exit_code, message) = match reported.or(own) {
@@ -72,14 +72,24 @@ impl TaskView {
     }
 }
 
-/// Every task of `service`, with its observation.
+/// Whether `observation` is of `task` (not of an earlier task of the same name).
+pub fn observes(observation: &TaskObservation, task: &Task) -> bool {
+    observation.spec.task_uid.is_empty() || observation.spec.task_uid == task.metadata.uid
+}
+
+/// The state `task` is really in, as [`TaskView::state`] says, without
+/// building a view (no copies): for scans over every task in the cache.
+pub fn state_of(task: &Task, observations: &Reader<TaskObservation>) -> TaskState {
+    let observation = observations.get(&task.metadata.name);
+    let reported = observation.as_deref().filter(|o| observes(o, task)).and_then(|o| o.status.as_ref());
+    reported.or(task.status.as_ref()).map_or(TaskState::New, |s| s.state)
+}
+
+/// Every task of `service`, with its observation. `tasks` must be grouped
+/// by service (as [`crate::caches::Caches::tasks`] is): this runs on every
+/// service reconcile and must not scan every task of the cluster.
 pub fn tasks_of(service: &str, tasks: &Reader<Task>, observations: &Reader<TaskObservation>) -> Vec<TaskView> {
-    tasks
-        .list()
-        .into_iter()
-        .filter(|t| t.spec.service_name == service)
-        .map(|t| TaskView::observe(t, observations))
-        .collect()
+    tasks.group(service).into_iter().map(|t| TaskView::observe(t, observations)).collect()
 }
 
 /// What a node's spec and status mean for tasks on it.

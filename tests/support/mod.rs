@@ -231,6 +231,35 @@ pub async fn connect(backend: &StoreUnderTest) -> shoal_store::client::Store {
     shoal_store::client::Store::connect(&config).await.expect("connect to the store under test")
 }
 
+/// Runs `shoal --etcd-endpoints … ARGS…` against `store`, with `stdin`
+/// piped in (`secret create NAME -`); quiet logs.
+pub fn shoal_with_stdin(store: &StoreUnderTest, args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+        .arg("--etcd-endpoints")
+        .arg(store.endpoint())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run shoal");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `GET /` over plain HTTP/1.0 (the demo's answer); the body.
+pub fn http_get(addr: std::net::SocketAddr) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
 /// Generates `embedded::NAME` and `etcd::NAME` tokio tests that run the
 /// async scenario `NAME(&StoreUnderTest)` against each backend.
 #[macro_export]

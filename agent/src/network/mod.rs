@@ -72,7 +72,7 @@ pub enum NetworkError {
 }
 
 /// Runs `program args…` (feeding `stdin` when given); its stderr becomes the error.
-fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), NetworkError> {
+pub(crate) fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), NetworkError> {
     let command = format!("{program} {}", args.join(" "));
     let failed = |message: String| NetworkError::Command { command: command.clone(), message };
     let mut child = Command::new(program)
@@ -93,12 +93,12 @@ fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), NetworkE
 }
 
 /// `ip args…`.
-fn ip(args: &[&str]) -> Result<(), NetworkError> {
+pub(crate) fn ip(args: &[&str]) -> Result<(), NetworkError> {
     run("ip", args, None)
 }
 
 /// Treats "it is already gone" (a link, namespace or nftables table) as done.
-fn already_gone(err: NetworkError) -> Result<(), NetworkError> {
+pub(crate) fn already_gone(err: NetworkError) -> Result<(), NetworkError> {
     match &err {
         NetworkError::Command { message, .. } if message.contains("Cannot find device") || message.contains("No such file or directory") => Ok(()),
         _ => Err(err),

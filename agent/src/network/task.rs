@@ -107,7 +107,7 @@ pub fn veth_name(id: &str) -> String {
 }
 
 /// FNV-1a, 64 bits: stable across builds and platforms (std's hasher is not).
-fn fnv1a(text: &str) -> u64 {
+pub(crate) fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3))
 }
 

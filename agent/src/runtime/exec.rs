@@ -39,9 +39,10 @@ pub struct ExecOutput {
     pub output: String,
 }
 
-/// Runs `argv` as `launch` describes the task; `Ok(None)` when it ran
-/// longer than `limit` and was killed.
-pub async fn run(launch: &Launch, argv: &[String], limit: Duration) -> io::Result<Option<ExecOutput>> {
+/// Runs `argv` as `launch` describes the task, in the mount namespace at
+/// `mnt` when given (`/proc/<pid>/ns/mnt` of the task); `Ok(None)` when it
+/// ran longer than `limit` and was killed.
+pub async fn run(launch: &Launch, mnt: Option<PathBuf>, argv: &[String], limit: Duration) -> io::Result<Option<ExecOutput>> {
     let (program, args) = argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let (reader, writer) = io::pipe()?;
     let mut command = Command::new(program);
@@ -63,7 +64,7 @@ pub async fn run(launch: &Launch, argv: &[String], limit: Duration) -> io::Resul
     }
     // `spawn_in` consumes the command, closing this process's write ends:
     // the reader sees EOF once the command (and its children) exit.
-    let mut child = spawn_in(command, launch.netns.clone()).await?;
+    let mut child = spawn_in(command, launch.netns.clone(), mnt).await?;
     let reading = tokio::spawn(read_bounded(pipe::Receiver::from_owned_fd(OwnedFd::from(reader))?));
     let status = match tokio::time::timeout(limit, child.wait()).await {
         Ok(status) => status?,
@@ -85,16 +86,23 @@ pub async fn run(launch: &Launch, argv: &[String], limit: Duration) -> io::Resul
     Ok(Some(ExecOutput { exit_code, output: shoal_crd::ProbeResult::truncate_output(&output) }))
 }
 
-/// Spawns `command`, inside the network namespace at `netns` when given.
-async fn spawn_in(mut command: Command, netns: Option<PathBuf>) -> io::Result<Child> {
-    let Some(netns) = netns else { return command.spawn() };
+/// Spawns `command`, inside the network and mount namespaces at `netns`
+/// and `mnt` when given.
+async fn spawn_in(mut command: Command, netns: Option<PathBuf>, mnt: Option<PathBuf>) -> io::Result<Child> {
+    if netns.is_none() && mnt.is_none() {
+        return command.spawn();
+    }
     let runtime = tokio::runtime::Handle::current();
     let (tx, rx) = oneshot::channel();
     std::thread::spawn(move || {
         // The child is registered with this runtime's process driver.
         let _entered = runtime.enter();
-        let spawned = sys::enter_netns(&netns)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot enter the task's network namespace {}: {e}", netns.display())))
+        let entered = |path: &Option<PathBuf>, enter: fn(&std::path::Path) -> io::Result<()>, what: &str| match path {
+            Some(path) => enter(path).map_err(|e| io::Error::new(e.kind(), format!("cannot enter the task's {what} namespace {}: {e}", path.display()))),
+            None => Ok(()),
+        };
+        let spawned = entered(&netns, sys::enter_netns, "network")
+            .and_then(|()| entered(&mnt, sys::enter_mntns, "mount"))
             .and_then(|()| command.spawn());
         let _ = tx.send(spawned);
     });
@@ -126,6 +134,7 @@ mod tests {
             log_max_bytes: 0,
             log_keep: 0,
             netns: None,
+            files: Vec::new(),
         }
     }
 
@@ -136,7 +145,7 @@ mod tests {
     #[tokio::test]
     async fn a_command_sees_the_tasks_env_and_working_dir_and_its_output_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let out = run(&launch(dir.path()), &sh("echo $GREETING; pwd; echo oops >&2; exit 3"), Duration::from_secs(5)).await.unwrap().unwrap();
+        let out = run(&launch(dir.path()), None, &sh("echo $GREETING; pwd; echo oops >&2; exit 3"), Duration::from_secs(5)).await.unwrap().unwrap();
         assert_eq!(out.exit_code, 3);
         let cwd = dir.path().canonicalize().unwrap();
         assert_eq!(out.output, format!("hello\n{}\noops\n", cwd.display()));
@@ -145,8 +154,8 @@ mod tests {
     #[tokio::test]
     async fn path_lookup_uses_the_default_path_and_a_missing_program_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(run(&launch(dir.path()), &["true".into()], Duration::from_secs(5)).await.unwrap().unwrap().exit_code, 0);
-        assert!(run(&launch(dir.path()), &["no-such-probe-program".into()], Duration::from_secs(5)).await.is_err());
+        assert_eq!(run(&launch(dir.path()), None, &["true".into()], Duration::from_secs(5)).await.unwrap().unwrap().exit_code, 0);
+        assert!(run(&launch(dir.path()), None, &["no-such-probe-program".into()], Duration::from_secs(5)).await.is_err());
     }
 
     #[tokio::test]
@@ -155,7 +164,7 @@ mod tests {
         let marker = dir.path().join("child-pid");
         let script = format!("sleep 30 & echo $! > {}; wait", marker.display());
         let started = std::time::Instant::now();
-        let out = run(&launch(dir.path()), &sh(&script), Duration::from_millis(300)).await.unwrap();
+        let out = run(&launch(dir.path()), None, &sh(&script), Duration::from_millis(300)).await.unwrap();
         assert_eq!(out, None);
         assert!(started.elapsed() < Duration::from_secs(5));
         let pid: u32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
@@ -167,7 +176,7 @@ mod tests {
     #[tokio::test]
     async fn output_beyond_4_kib_is_read_and_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let out = run(&launch(dir.path()), &sh("head -c 100000 /dev/zero | tr '\\0' x"), Duration::from_secs(5)).await.unwrap().unwrap();
+        let out = run(&launch(dir.path()), None, &sh("head -c 100000 /dev/zero | tr '\\0' x"), Duration::from_secs(5)).await.unwrap().unwrap();
         assert_eq!((out.exit_code, out.output.len()), (0, MAX_OUTPUT));
     }
 }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use shoal_crd::TaskNetwork;
 
+use crate::files::Content;
 use crate::network::NetworkError;
 use crate::taskdir::{ExitRecord, Launch, PidRecord};
 
@@ -71,8 +72,9 @@ pub struct NetworkInfo {
 /// the task id, so a restarted agent can pick up where the last one stopped.
 pub trait Runtime: Send + Sync + 'static {
     /// Records what to run (and, with networking, takes the task's
-    /// address); nothing runs yet.
-    fn prepare(&self, id: &str, launch: &Launch) -> Result<(), RuntimeError>;
+    /// address); nothing runs yet. `contents` are those of `launch.files`,
+    /// in order: kept in memory only, handed to the task at start.
+    fn prepare(&self, id: &str, launch: &Launch, contents: Vec<Content>) -> Result<(), RuntimeError>;
     /// Starts the prepared task and waits until its process runs or fails.
     fn start(&self, id: &str) -> impl Future<Output = Result<Started, RuntimeError>> + Send;
     /// What is there for `id` now.

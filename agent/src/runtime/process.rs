@@ -12,6 +12,7 @@
 //! The agent is never the task's parent, so it learns of an exit by polling
 //! `exit.json` and `/proc` (every 100 ms) rather than by `waitpid`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -21,6 +22,7 @@ use shoal_crd::TaskNetwork;
 use tokio::time::{sleep, timeout, Instant};
 
 use super::{exec, ExecOutput, Inspection, NetworkInfo, Runtime, RuntimeError, Started};
+use crate::files::{encode_payload, Content};
 use crate::network::{task::lowest_free, Bridge, NetworkError, NetworkRecord};
 use crate::sys;
 use crate::taskdir::{self, ExitRecord, Launch, PidRecord, TaskDir};
@@ -43,13 +45,16 @@ pub struct ProcessRuntime {
     /// Held while an address is chosen and recorded, so two tasks prepared
     /// at once never take the same one. A `std` mutex: nothing awaits under it.
     allocating: Arc<Mutex<()>>,
+    /// Prepared tasks' config and secret contents, framed for the shim's
+    /// stdin, until they start. Memory only: never on disk.
+    payloads: Arc<Mutex<HashMap<String, Content>>>,
 }
 
 impl ProcessRuntime {
     /// Tasks under `{data_dir}/tasks`, supervised by `shim` (e.g.
     /// `["/usr/bin/shoal", "agent", "shim"]`).
     pub fn new(data_dir: PathBuf, shim: Vec<String>) -> Self {
-        Self { data_dir, shim, bridge: Arc::default(), allocating: Arc::default() }
+        Self { data_dir, shim, bridge: Arc::default(), allocating: Arc::default(), payloads: Arc::default() }
     }
 
     /// From now on, tasks prepared get a namespace on `bridge` (already up).
@@ -90,15 +95,30 @@ impl ProcessRuntime {
     fn spawn_shim(&self, id: &str, dir: &TaskDir) -> Result<(), RuntimeError> {
         let start_error = |message: String| RuntimeError::Start { id: id.into(), message };
         let (program, args) = self.shim.split_first().ok_or_else(|| start_error("no shim command configured".into()))?;
+        let has_files = dir.read_launch().map_err(|e| start_error(format!("reading launch.json: {e}")))?.is_some_and(|l| !l.files.is_empty());
+        let payload = if has_files {
+            let taken = self.payloads.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+            Some(taken.ok_or_else(|| start_error("its configs and secrets are no longer in memory (the agent restarted after preparing it)".into()))?)
+        } else {
+            None
+        };
         let log = std::fs::File::create(dir.file("shim.log")).map_err(|e| start_error(format!("creating shim.log: {e}")))?;
         let log_err = log.try_clone().map_err(|e| start_error(e.to_string()))?;
         let mut command = tokio::process::Command::new(program);
-        command.args(args).arg("--dir").arg(dir.path()).stdin(Stdio::null()).stdout(log).stderr(log_err);
+        let stdin = if payload.is_some() { Stdio::piped() } else { Stdio::null() };
+        command.args(args).arg("--dir").arg(dir.path()).stdin(stdin).stdout(log).stderr(log_err);
         // SAFETY: the closure only calls setsid(2), which is async-signal-safe.
         unsafe {
             command.pre_exec(sys::new_session);
         }
         let mut child = command.spawn().map_err(|e| start_error(format!("cannot run the shim {program}: {e}")))?;
+        if let (Some(payload), Some(mut stdin)) = (payload, child.stdin.take()) {
+            // More than a pipe's buffer may be waiting: written while the shim reads.
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = stdin.write_all(&payload.0).await;
+            });
+        }
         // Reap the shim if it exits while this agent lives; after an agent
         // restart init reaps it.
         tokio::spawn(async move {
@@ -109,7 +129,7 @@ impl ProcessRuntime {
 }
 
 impl Runtime for ProcessRuntime {
-    fn prepare(&self, id: &str, launch: &Launch) -> Result<(), RuntimeError> {
+    fn prepare(&self, id: &str, launch: &Launch, contents: Vec<Content>) -> Result<(), RuntimeError> {
         let dir = self.dir(id);
         let prepare = |source| RuntimeError::Prepare { id: id.into(), source };
         dir.create().map_err(prepare)?;
@@ -117,6 +137,9 @@ impl Runtime for ProcessRuntime {
         let mut launch = launch.clone();
         if let Some(bridge) = self.bridge.get() {
             launch.netns = Some(self.allocate(id, &dir, bridge)?.netns_path());
+        }
+        if !launch.files.is_empty() {
+            self.payloads.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), encode_payload(&contents));
         }
         dir.write_launch(&launch).map_err(prepare)
     }
@@ -209,6 +232,7 @@ impl Runtime for ProcessRuntime {
 
     fn remove(&self, id: &str) -> Result<(), RuntimeError> {
         self.release(id)?;
+        self.payloads.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
         self.dir(id).remove().map_err(|source| RuntimeError::Remove { id: id.into(), source })
     }
 
@@ -227,7 +251,12 @@ impl Runtime for ProcessRuntime {
         let command = argv.join(" ");
         let failed = |source| RuntimeError::Exec { id: id.into(), command: command.clone(), source };
         let launch = self.dir(id).read_launch().map_err(failed)?.ok_or_else(|| failed(std::io::Error::other("the task has no launch record")))?;
-        match exec::run(&launch, argv, limit).await.map_err(failed)? {
+        // A task with configs or secrets has a mount namespace of its own: probes join it.
+        let mnt = match self.dir(id).read_pid() {
+            Ok(Some(pid)) if !launch.files.is_empty() => Some(PathBuf::from(format!("/proc/{}/ns/mnt", pid.pid))),
+            _ => None,
+        };
+        match exec::run(&launch, mnt, argv, limit).await.map_err(failed)? {
             Some(output) => Ok(output),
             None => Err(RuntimeError::ExecTimeout { id: id.into(), command, timeout: limit }),
         }
@@ -277,6 +306,7 @@ mod tests {
             log_max_bytes: 1024,
             log_keep: 1,
             netns: None,
+            files: Vec::new(),
         }
     }
 
@@ -287,7 +317,7 @@ mod tests {
         assert!(runtime.use_bridge(Bridge::new("shoal0", "10.200.3.0/24".parse().unwrap()).unwrap()));
         let address = |id| runtime.network(id).addresses;
         for id in ["a", "b"] {
-            runtime.prepare(id, &launch(data.path())).unwrap();
+            runtime.prepare(id, &launch(data.path()), vec![]).unwrap();
         }
         assert_eq!((address("a"), address("b")), (vec!["10.200.3.2/24".to_string()], vec!["10.200.3.3/24".to_string()]));
         assert_eq!(runtime.network("a").network, TaskNetwork::Namespace);
@@ -295,13 +325,13 @@ mod tests {
         assert_eq!(netns, Some(PathBuf::from("/run/netns/shoal-a")), "the shim is told which namespace to enter");
 
         // Preparing again (an agent restart) keeps the address.
-        runtime.prepare("b", &launch(data.path())).unwrap();
+        runtime.prepare("b", &launch(data.path()), vec![]).unwrap();
         assert_eq!(address("b"), vec!["10.200.3.3/24".to_string()]);
 
         // Nothing was plumbed, so releasing runs no command; it frees the address.
         runtime.release("a").unwrap();
         assert_eq!(runtime.network("a"), NetworkInfo::default());
-        runtime.prepare("c", &launch(data.path())).unwrap();
+        runtime.prepare("c", &launch(data.path()), vec![]).unwrap();
         assert_eq!(address("c"), vec!["10.200.3.2/24".to_string()]);
     }
 
@@ -309,7 +339,7 @@ mod tests {
     fn without_a_bridge_tasks_use_the_host_network() {
         let data = tempfile::tempdir().unwrap();
         let runtime = ProcessRuntime::new(data.path().into(), vec![]);
-        runtime.prepare("a", &launch(data.path())).unwrap();
+        runtime.prepare("a", &launch(data.path()), vec![]).unwrap();
         assert_eq!(runtime.network("a"), NetworkInfo { network: TaskNetwork::Host, addresses: vec![] });
         assert_eq!(runtime.dir("a").read_launch().unwrap().unwrap().netns, None);
     }

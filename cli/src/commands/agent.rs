@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use shoal_agent::config::parse_labels;
+use shoal_agent::dataplane::DataPlaneMode;
 use shoal_agent::logs::{DEFAULT_KEEP, DEFAULT_MAX_BYTES};
 use shoal_agent::network::{Ipv4Net, NetworkMode, DEFAULT_BRIDGE};
 use shoal_agent::{AgentConfig, ImageCatalog};
@@ -54,6 +55,9 @@ pub struct AgentArgs {
     /// Subnet (CIDR) task addresses come from, standing in for the one the controllers assign to the node (status.taskSubnet); wins when both exist.
     #[arg(long)]
     pub task_subnet: Option<Ipv4Net>,
+    /// How service VIPs and published ports are programmed: `nftables` (the `shoal` table; needs root) or `none`. Default: nftables as root, else none (a userspace proxy for non-root agents is not built yet).
+    #[arg(long, value_parser = ["nftables", "none"])]
+    pub dataplane: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -91,6 +95,7 @@ pub(crate) fn local_args(data_dir: PathBuf) -> AgentArgs {
         network: None,
         bridge: DEFAULT_BRIDGE.to_string(),
         task_subnet: None,
+        dataplane: None,
     }
 }
 
@@ -116,6 +121,13 @@ pub(crate) fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         None if shoal_agent::sys::is_root() => NetworkMode::Namespace,
         None => NetworkMode::Host,
     };
+    let dataplane = match args.dataplane.as_deref() {
+        Some("none") => DataPlaneMode::None,
+        Some(_) if !shoal_agent::sys::is_root() => anyhow::bail!("--dataplane nftables needs root; run as root or use --dataplane none"),
+        Some(_) => DataPlaneMode::Nftables,
+        None if shoal_agent::sys::is_root() => DataPlaneMode::Nftables,
+        None => DataPlaneMode::None,
+    };
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => default_data_dir()?.join("agents").join(&name),
@@ -133,6 +145,7 @@ pub(crate) fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         network,
         bridge: args.bridge,
         task_subnet: args.task_subnet,
+        dataplane,
     })
 }
 

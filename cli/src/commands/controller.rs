@@ -1,6 +1,7 @@
 //! `shoal controller`: the controller manager — every reconcile loop,
 //! leader-elected so several replicas can run (one acts, the others wait).
 
+use shoal_controllers::endpoints::allocate::{default_service_cidr, parse_service_cidr, Ipv4Net};
 use shoal_controllers::manager::{run_with, Settings};
 use shoal_controllers::runtime::events::EventSink;
 use shoal_store::client::compactor::run_compactor;
@@ -31,6 +32,9 @@ pub struct ControllerArgs {
     /// absent; default: secrets.key in the data directory).
     #[arg(long, env = "SHOAL_ENCRYPTION_KEY_FILE")]
     pub encryption_key_file: Option<std::path::PathBuf>,
+    /// Where services' virtual IPs come from (`.1` is never handed out).
+    #[arg(long, default_value = "10.96.0.0/16", value_parser = parse_service_cidr)]
+    pub service_cidr: Ipv4Net,
 }
 
 /// Runs the controller manager until Ctrl-C or SIGTERM.
@@ -44,18 +48,20 @@ pub async fn run(store: Store, args: ControllerArgs) -> anyhow::Result<()> {
 pub async fn run_until(store: Store, args: ControllerArgs, shutdown: impl std::future::Future<Output = ()> + Send) {
     let identity = args.identity.unwrap_or_else(default_identity);
     tracing::info!(%identity, lease_ttl = args.lease_ttl, "controller manager starting");
-    let settings = Settings {
+    let mut settings = Settings {
         identity,
         lease_ttl_secs: args.lease_ttl,
         task_history_limit: args.task_history_limit,
         revision_history_limit: args.revision_history_limit,
+        sealing_keys: Vec::new(),
+        service_cidr: args.service_cidr,
     };
     match super::cluster_key::default_key_file(None).map(|default| args.encryption_key_file.unwrap_or(default)) {
-        Ok(path) => {
-            if let Err(err) = super::cluster_key::load_and_publish(&store, &path).await {
-                tracing::error!(error = %format!("{err:#}"), "secrets cannot be created until the encryption key is published");
-            }
-        }
+        Ok(path) => match super::cluster_key::load_and_publish(&store, &path).await {
+            // The secrets loop re-seals secrets to the nodes that need them.
+            Ok(file) => settings.sealing_keys = file.keys,
+            Err(err) => tracing::error!(error = %format!("{err:#}"), "secrets cannot be created until the encryption key is published"),
+        },
         Err(err) => tracing::error!(error = %format!("{err:#}"), "no --encryption-key-file and no data directory"),
     }
     EventSink::install(store.clone());
@@ -72,6 +78,7 @@ impl Default for ControllerArgs {
             task_history_limit: shoal_controllers::service::DEFAULT_HISTORY_LIMIT,
             revision_history_limit: shoal_controllers::update::revisions::DEFAULT_LIMIT,
             encryption_key_file: None,
+            service_cidr: default_service_cidr(),
         }
     }
 }

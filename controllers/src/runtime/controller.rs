@@ -236,7 +236,7 @@ fn settle(controller: &str, queue: &WorkQueue, keys: &mut HashMap<Id, String>, j
 /// cache is diffed, so coalesced notifications lose nothing.
 async fn feed<O: Resource>(mut reader: Reader<O>, mapper: impl Fn(&O) -> Vec<String>, queue: Arc<WorkQueue>) {
     reader.wait_until_ready().await;
-    let mut seen: HashMap<String, Arc<O>> = HashMap::new();
+    let mut seen: Vec<Arc<O>> = Vec::new();
     loop {
         let found = diff(&mut seen, reader.list(), |object| enqueue_all(&queue, mapper(object)));
         if !found {
@@ -252,29 +252,52 @@ async fn feed<O: Resource>(mut reader: Reader<O>, mapper: impl Fn(&O) -> Vec<Str
 /// Replaces `seen` with `current`, calling `touched` with each object that
 /// is new, and with both versions of each changed or deleted one. True when
 /// anything differed.
-fn diff<O: Resource>(seen: &mut HashMap<String, Arc<O>>, current: Vec<Arc<O>>, mut touched: impl FnMut(&O)) -> bool {
+///
+/// Both lists are sorted by name (as [`Reader::list`] returns them), so one
+/// merge pass finds the differences; and the cache hands out the same `Arc`
+/// until it replaces an object, so an unchanged object costs a pointer
+/// compare — no lookup, no copy of its name. This runs on every cache
+/// change, for every watched kind: with tens of thousands of tasks it must
+/// stay cheap.
+fn diff<O: Resource>(seen: &mut Vec<Arc<O>>, current: Vec<Arc<O>>, mut touched: impl FnMut(&O)) -> bool {
+    use std::cmp::Ordering;
     let mut found = false;
-    let mut next = HashMap::with_capacity(current.len());
-    for object in current {
-        let name = object.metadata().name.clone();
-        match seen.remove(&name) {
-            Some(old) if old.metadata().resource_version == object.metadata().resource_version => {}
-            old => {
-                if let Some(old) = old {
-                    touched(&old);
+    let (mut old, mut new) = (seen.iter().peekable(), current.iter().peekable());
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => break,
+            (Some(o), Some(n)) if Arc::ptr_eq(o, n) => {
+                old.next();
+                new.next();
+                continue;
+            }
+            (Some(o), Some(n)) => o.metadata().name.cmp(&n.metadata().name),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+        };
+        match order {
+            // The same object, maybe replaced by an equal version (a relist).
+            Ordering::Equal => {
+                let (o, n) = (old.next().expect("peeked"), new.next().expect("peeked"));
+                if o.metadata().resource_version != n.metadata().resource_version {
+                    touched(o);
+                    touched(n);
+                    found = true;
                 }
-                touched(&object);
+            }
+            // Only in `seen`: deleted.
+            Ordering::Less => {
+                touched(old.next().expect("peeked"));
+                found = true;
+            }
+            // Only in `current`: new.
+            Ordering::Greater => {
+                touched(new.next().expect("peeked"));
                 found = true;
             }
         }
-        next.insert(name, object);
     }
-    // What is left in `seen` was deleted.
-    for old in seen.values() {
-        touched(old);
-        found = true;
-    }
-    *seen = next;
+    *seen = current;
     found
 }
 
@@ -292,5 +315,41 @@ async fn resync_loop<R: Resource>(reader: Reader<R>, period: Duration, queue: Ar
         for object in reader.list() {
             queue.enqueue(&object.metadata().name);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_crd::{Node, NodeSpec};
+
+    fn node(name: &str, revision: i64) -> Arc<Node> {
+        let mut node = Node::new(name, NodeSpec::default());
+        node.metadata.resource_version = revision;
+        Arc::new(node)
+    }
+
+    fn touched(seen: &mut Vec<Arc<Node>>, current: Vec<Arc<Node>>) -> Vec<(String, i64)> {
+        let mut out = Vec::new();
+        diff(seen, current, |n| out.push((n.metadata.name.clone(), n.metadata.resource_version)));
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn diff_reports_new_changed_and_deleted_objects_but_not_unchanged_ones() {
+        let (a, b, c) = (node("a", 1), node("b", 1), node("c", 1));
+        let mut seen = Vec::new();
+        assert_eq!(touched(&mut seen, vec![a.clone(), b.clone(), c.clone()]).len(), 3);
+        // b changed, c deleted, d new; a is the same Arc.
+        let current = vec![a.clone(), node("b", 2), node("d", 1)];
+        assert_eq!(
+            touched(&mut seen, current),
+            [("b".into(), 1), ("b".into(), 2), ("c".into(), 1), ("d".into(), 1)]
+        );
+        // A relist hands out new Arcs of equal versions: nothing changed.
+        let relisted = vec![node("a", 1), node("b", 2), node("d", 1)];
+        assert!(touched(&mut seen, relisted).is_empty());
+        assert!(!diff(&mut seen, vec![node("a", 1), node("b", 2), node("d", 1)], |_| {}));
     }
 }

@@ -32,7 +32,7 @@ use shoal_store::client::{Store, StoreError};
 use crate::caches::Caches;
 use crate::expectations::Expectations;
 use crate::runtime::{Action, Controller, Decision, Recorder};
-use crate::tasks::TaskView;
+use crate::tasks::{state_of, TaskView};
 use crate::writes::Batch;
 use placement::{Candidate, Demand};
 
@@ -98,9 +98,9 @@ pub async fn reconcile(key: String, service: Option<Arc<Service>>, ctx: Arc<Cont
     let caches = &ctx.caches;
     let mut waiting: Vec<TaskView> = caches
         .tasks
-        .list()
+        .group(&key)
         .into_iter()
-        .filter(|t| t.spec.service_name == key && t.spec.node_id.is_none() && t.spec.desired_state <= TaskState::Running)
+        .filter(|t| t.spec.node_id.is_none() && t.spec.desired_state <= TaskState::Running)
         .map(|t| TaskView::observe(t, &caches.observations))
         .filter(|t| !t.state.is_terminal())
         .collect();
@@ -165,15 +165,15 @@ fn candidates(caches: &Caches, service: &str) -> Vec<Candidate> {
         caches.nodes.list().into_iter().map(|n| (n.metadata.name.clone(), Candidate::idle(n))).collect();
     for task in caches.tasks.list() {
         let Some(candidate) = task.spec.node_id.as_ref().and_then(|n| by_name.get_mut(n)) else { continue };
-        let view = TaskView::observe(task.clone(), &caches.observations);
-        if view.state.is_terminal() {
+        if state_of(&task, &caches.observations).is_terminal() {
             continue;
         }
         // A task told to stop still holds its reservation until it has stopped.
-        let reservations = task.spec.spec.resources.reservations.clone().unwrap_or_default();
-        candidate.reserved_cpus += reservations.cpus.unwrap_or(0.0);
-        candidate.reserved_memory += reservations.memory.unwrap_or(0);
-        if view.wanted() {
+        if let Some(reservations) = &task.spec.spec.resources.reservations {
+            candidate.reserved_cpus += reservations.cpus.unwrap_or(0.0);
+            candidate.reserved_memory += reservations.memory.unwrap_or(0);
+        }
+        if task.spec.desired_state <= TaskState::Running {
             candidate.total_tasks += 1;
             if task.spec.service_name == service {
                 candidate.service_tasks += 1;

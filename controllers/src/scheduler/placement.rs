@@ -103,9 +103,10 @@ pub fn reject(demand: &Demand, candidate: &Candidate) -> Option<Rejection> {
     if demand.max_replicas_per_node.is_some_and(|max| candidate.service_tasks >= max) {
         return Some(Rejection::MaxReplicas);
     }
-    let status = candidate.node.status.clone().unwrap_or_default();
-    let cpus_left = f64::from(status.cpus) - candidate.reserved_cpus;
-    let memory_left = status.memory.saturating_sub(candidate.reserved_memory);
+    // Called for every node for every task placed: borrow, never clone.
+    let (cpus, memory) = candidate.node.status.as_ref().map_or((0, 0), |s| (s.cpus, s.memory));
+    let cpus_left = f64::from(cpus) - candidate.reserved_cpus;
+    let memory_left = memory.saturating_sub(candidate.reserved_memory);
     if (demand.cpus > 0.0 && cpus_left + 1e-9 < demand.cpus) || (demand.memory > 0 && memory_left < demand.memory) {
         return Some(Rejection::InsufficientResources);
     }

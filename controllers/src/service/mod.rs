@@ -82,9 +82,9 @@ pub async fn reconcile(key: String, service: Option<Arc<Service>>, ctx: Arc<Cont
     let Some(service) = service else {
         return remove::reconcile(&key, &tasks, &ctx).await;
     };
-    let nodes: HashMap<String, NodeCondition> =
-        ctx.caches.nodes.list().iter().map(|n| (n.metadata.name.clone(), NodeCondition::of(Some(n)))).collect();
-    let node = |name: &str| nodes.get(name).copied().unwrap_or(NodeCondition::Down);
+    // Looked up per task, not collected per reconcile: a service has far
+    // fewer tasks than a large cluster has nodes.
+    let node = |name: &str| NodeCondition::of(ctx.caches.nodes.get(name).as_deref());
     let (wanted, retired) = match wanted_slots(&service, &ctx.caches) {
         Ok(wanted) => wanted,
         Err(reason) => {

@@ -328,10 +328,11 @@ pub struct FileReference {
     pub mode: u32,
 }
 
-/// Observed state of a service. Written by the service and update controllers
-/// (`updateStatus` by the update controller, and by `shoal service
-/// update|rollback` when they resume or start an update, in the same
-/// compare-and-swap write as the spec).
+/// Observed state of a service. Written by the service, update and endpoints
+/// controllers (`updateStatus` by the update controller, and by `shoal
+/// service update|rollback` when they resume or start an update, in the
+/// same compare-and-swap write as the spec; `endpointError` by the
+/// endpoints controller).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct ServiceStatus {
@@ -345,6 +346,11 @@ pub struct ServiceStatus {
     /// first change that replaces tasks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub update_status: Option<UpdateStatus>,
+    /// Why the endpoints controller could not give the service all it asks
+    /// for (`port 8080/tcp is already published by service web`); empty
+    /// when it could. Written only by the endpoints controller.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub endpoint_error: String,
 }
 
 /// Where a rolling update stands, Docker's `UpdateStatus` plus the update

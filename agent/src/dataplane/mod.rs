@@ -1,0 +1,79 @@
+//! The data plane: how a node makes services reachable — VIPs and
+//! published ports load-balanced over the backends of every Endpoints
+//! object, and routes to the other nodes' task subnets.
+//!
+//! - [`DataPlane`]: the trait. It takes the *full* desired state on every
+//!   call and works out what to change itself, so callers never track
+//!   deltas and a failed call is repaired by the next one.
+//! - [`nftables`]: kube-proxy's nftables mode: one `shoal` table, changed
+//!   by one atomic `nft -f -` transaction per call, touching only the
+//!   chains and elements of the services that changed.
+//! - [`ruleset`]: the table as data (pure; golden-text tests).
+//! - [`routes`]: `ip route` to other nodes' task subnets.
+//! - [`sync`]: the agent's loop: watch Endpoints and Nodes, apply
+//!   (debounced), record the programmed revision.
+//! - [`fake`]: a recording data plane for tests of the sync logic.
+//!
+//! Not yet: IPVS (the kernel here has none), the userspace proxy for
+//! non-root agents (`--dataplane none` until then), DNS, and the stopping
+//! task's wait on other nodes' programmed revisions (the draining
+//! handshake; [`sync::programmed_key`] is what it will read).
+
+pub mod fake;
+pub mod nftables;
+pub mod routes;
+pub mod ruleset;
+pub mod sync;
+
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use shoal_crd::{Endpoints, Node};
+
+use crate::network::NetworkError;
+
+pub use nftables::NftablesDataPlane;
+pub use ruleset::LocalNode;
+
+/// Which data plane the agent runs (`shoal agent --dataplane`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataPlaneMode {
+    /// The `shoal` nftables table and routes between nodes (root).
+    Nftables,
+    /// Nothing is programmed: VIPs and published ports do not answer on this node.
+    None,
+}
+
+/// Why programming the data plane failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    #[error("cannot program the nftables table: {0}")]
+    Nftables(#[source] NetworkError),
+    #[error("cannot set a route to another node's tasks: {0}")]
+    Route(#[source] NetworkError),
+    #[error("cannot enable route_localnet (needed for 127.0.0.1:<published>): {0}")]
+    Sysctl(#[source] std::io::Error),
+}
+
+/// The cluster as this node sees it: itself, its task subnet, every Node.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    pub local: LocalNode,
+    pub nodes: Vec<Arc<Node>>,
+}
+
+impl Cluster {
+    pub fn new(node: &str, subnet: Option<Ipv4Net>, nodes: Vec<Arc<Node>>) -> Self {
+        Self { local: LocalNode { name: node.into(), subnet }, nodes }
+    }
+}
+
+/// A node's load balancer and routes.
+pub trait DataPlane: Send + 'static {
+    /// Makes the kernel match `endpoints` (every service) and `cluster`.
+    /// After an error the next call starts from a clean slate.
+    fn apply(&mut self, endpoints: &[Arc<Endpoints>], cluster: &Cluster) -> Result<(), DataPlaneError>;
+
+    /// Removes everything this data plane programmed.
+    fn cleanup(&mut self) -> Result<(), DataPlaneError>;
+}

@@ -1,0 +1,80 @@
+//! The nftables data plane: the [`ruleset`](super::ruleset) it computes,
+//! applied as one `nft -f -` transaction per change — the whole table on
+//! the first call (and after any failure), only the differences after
+//! that — plus the [`routes`](super::routes) to other nodes.
+//!
+//! # Caveats
+//!
+//! - One agent per network namespace: the table is the agent's alone and
+//!   replaced whole when it starts.
+//! - `net.ipv4.conf.all.route_localnet` is switched on (as kube-proxy does)
+//!   so `127.0.0.1:<published>` can be DNATed to a task; the table's
+//!   `input-guard` chain drops what that would otherwise let in.
+//! - Published-port traffic is always masqueraded (the backend may be on
+//!   another node, and replies must come back through this one), so tasks
+//!   see the node's address, not the client's — Swarm's ingress does the same.
+
+use std::sync::Arc;
+
+use shoal_crd::Endpoints;
+
+use super::routes::{self, RouteTable};
+use super::ruleset::Ruleset;
+use super::{Cluster, DataPlane, DataPlaneError};
+use crate::network::{already_gone, run};
+
+/// The table's name when none is configured.
+pub const DEFAULT_TABLE: &str = "shoal";
+
+/// Programs the `shoal` table and the routes to other nodes.
+#[derive(Debug)]
+pub struct NftablesDataPlane {
+    table: String,
+    /// What the kernel holds, when known (None: rewrite it whole).
+    programmed: Option<Ruleset>,
+    routes: RouteTable,
+    /// The last transaction sent, for logs and tests.
+    last_script: String,
+}
+
+impl NftablesDataPlane {
+    pub fn new(table: &str) -> Self {
+        Self { table: table.into(), programmed: None, routes: RouteTable::new(), last_script: String::new() }
+    }
+
+    /// The last `nft -f` script sent (empty when the last apply changed nothing).
+    pub fn last_script(&self) -> &str {
+        &self.last_script
+    }
+}
+
+impl DataPlane for NftablesDataPlane {
+    fn apply(&mut self, endpoints: &[Arc<Endpoints>], cluster: &Cluster) -> Result<(), DataPlaneError> {
+        let next = Ruleset::desired(endpoints, &cluster.local);
+        let script = match self.programmed.take() {
+            Some(current) => current.diff(&next, &self.table),
+            None => {
+                std::fs::write("/proc/sys/net/ipv4/conf/all/route_localnet", "1").map_err(DataPlaneError::Sysctl)?;
+                next.full(&self.table)
+            }
+        };
+        if !script.is_empty() {
+            run("nft", &["-f", "-"], Some(&script)).map_err(DataPlaneError::Nftables)?;
+            tracing::debug!(table = %self.table, lines = script.lines().count(), "nftables transaction applied");
+        }
+        self.last_script = script;
+        self.programmed = Some(next);
+        let wanted = routes::desired(&cluster.nodes, &cluster.local.name, cluster.local.subnet, routes::on_link);
+        let (installed, result) = routes::apply(&self.routes, &wanted);
+        self.routes = installed;
+        result
+    }
+
+    fn cleanup(&mut self) -> Result<(), DataPlaneError> {
+        let (installed, routed) = routes::apply(&self.routes, &RouteTable::new());
+        self.routes = installed;
+        self.programmed = None;
+        run("nft", &["delete", "table", "ip", &self.table], None).or_else(already_gone).map_err(DataPlaneError::Nftables)?;
+        routed
+    }
+}

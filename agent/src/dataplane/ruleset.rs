@@ -1,0 +1,239 @@
+//! The nftables ruleset as data: what the `shoal` table should hold for a
+//! set of Endpoints ([`Ruleset::desired`]), the whole table as one `nft -f`
+//! script ([`Ruleset::full`]) and the smallest transaction from one ruleset
+//! to the next ([`Ruleset::diff`]). Pure functions: no kernel involved, so
+//! the golden-text tests below pin the layout.
+//!
+//! Layout (kube-proxy's nftables mode, in Swarm's words):
+//!
+//! - `prerouting` and `output` (nat hooks, dstnat) jump to `services`;
+//!   `postrouting` (srcnat) masquerades packets carrying [`MASQ_MARK`].
+//! - `services`: `ip daddr . meta l4proto . th dport vmap @service-ips`,
+//!   then, for packets to one of this node's own addresses (127.0.0.1
+//!   included), `jump nodeports`.
+//! - `nodeports`: `meta l4proto . th dport vmap @service-nodeports`.
+//! - `mark-for-masquerade`: sets [`MASQ_MARK`].
+//! - `input-guard` (filter, input): with `route_localnet` on (needed for
+//!   127.0.0.1:published), drops packets from elsewhere addressed to
+//!   127.0.0.0/8 unless we DNATed them, as kube-proxy does.
+//! - per service port: `svc-<service>-<proto>-<target>` picks a backend with
+//!   `numgen random mod N vmap { 0 : goto ep-…, … }` (`drop` when it has none);
+//! - per backend: `ep-<service>-<proto>-<target>-<address>` marks hairpin
+//!   and same-node traffic for masquerade and DNATs to `address:target`;
+//! - per published port: `np-<service>-<proto>-<published>` marks for
+//!   masquerade and goes to the service chain (ingress), or to this node's
+//!   own backends only (host mode; absent on nodes running none).
+//!
+//! Chain names carry the service's name so `nft list table ip shoal` reads
+//! like the services it serves; names with other characters than letters,
+//! digits, `-` and `_` are hashed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use ipnet::Ipv4Net;
+use shoal_crd::{EndpointMode, Endpoints, PortProtocol, PublishMode};
+
+/// The packet mark asking `postrouting` to masquerade (a bit kube-proxy's 0x4000 does not use).
+pub const MASQ_MARK: &str = "0x00100000";
+
+/// VIP, protocol and port → the service chain.
+pub const SERVICE_IPS: &str = "service-ips";
+/// Protocol and published port → the node-port chain.
+pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+
+/// One chain: a base chain's hook line (`type nat hook … ;`) or none, and its rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub hook: Option<&'static str>,
+    pub rules: Vec<String>,
+}
+
+/// Everything the table holds, by name; elements as `key → verdict` text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ruleset {
+    pub chains: BTreeMap<String, Chain>,
+    /// Map name → element key → verdict.
+    pub maps: BTreeMap<&'static str, BTreeMap<String, String>>,
+}
+
+/// What this node needs to know about itself to build its ruleset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalNode {
+    pub name: String,
+    /// The node's task subnet: traffic from it to a backend on this node is masqueraded.
+    pub subnet: Option<Ipv4Net>,
+}
+
+impl Ruleset {
+    /// The table for `endpoints` as seen from `local`. Backends whose
+    /// address is not IPv4 are left out (and logged).
+    pub fn desired(endpoints: &[Arc<Endpoints>], local: &LocalNode) -> Self {
+        let mut set = Self::fixed();
+        for e in endpoints {
+            set.add_service(e, local);
+        }
+        set
+    }
+
+    /// The static chains and the two (empty) maps.
+    fn fixed() -> Self {
+        let chain = |hook, rules: &[&str]| Chain { hook, rules: rules.iter().map(|r| r.to_string()).collect() };
+        let mut chains = BTreeMap::new();
+        chains.insert("prerouting".into(), chain(Some("type nat hook prerouting priority dstnat; policy accept;"), &["jump services"]));
+        chains.insert("output".into(), chain(Some("type nat hook output priority -100; policy accept;"), &["jump services"]));
+        let masquerade = format!("meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade");
+        chains.insert("postrouting".into(), chain(Some("type nat hook postrouting priority srcnat; policy accept;"), &[&masquerade]));
+        let guard = "iifname != \"lo\" ip daddr 127.0.0.0/8 ct status ! dnat drop";
+        chains.insert("input-guard".into(), chain(Some("type filter hook input priority filter; policy accept;"), &[guard]));
+        let dispatch = format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}");
+        chains.insert("services".into(), chain(None, &[&dispatch, "fib daddr type local jump nodeports"]));
+        chains.insert("nodeports".into(), chain(None, &[&format!("meta l4proto . th dport vmap @{SERVICE_NODEPORTS}")]));
+        chains.insert("mark-for-masquerade".into(), chain(None, &[&format!("meta mark set meta mark | {MASQ_MARK}")]));
+        let maps = [(SERVICE_IPS, BTreeMap::new()), (SERVICE_NODEPORTS, BTreeMap::new())].into();
+        Self { chains, maps }
+    }
+
+    fn add_service(&mut self, endpoints: &Endpoints, local: &LocalNode) {
+        let spec = &endpoints.spec;
+        let service = ident(if spec.service.is_empty() { &endpoints.metadata.name } else { &spec.service });
+        let backends: Vec<(Ipv4Addr, &str)> = spec
+            .backends
+            .iter()
+            .filter_map(|b| match b.address.parse::<Ipv4Addr>() {
+                Ok(addr) => Some((addr, b.node.as_str())),
+                Err(_) => {
+                    tracing::warn!(service = %spec.service, task = %b.task, address = %b.address, "backend address is not IPv4: left out of the data plane");
+                    None
+                }
+            })
+            .collect();
+        let vip = spec.vip.as_deref().filter(|_| spec.endpoint_mode == EndpointMode::Vip).and_then(|v| v.parse::<Ipv4Addr>().ok());
+        let mut seen = BTreeSet::new();
+        for port in &spec.ports {
+            let proto = match port.protocol {
+                PortProtocol::Tcp => "tcp",
+                PortProtocol::Udp => "udp",
+            };
+            let base = format!("{service}-{proto}-{}", port.target);
+            let endpoint_chains: Vec<(String, bool)> = backends
+                .iter()
+                .map(|(addr, node)| {
+                    let name = format!("ep-{base}-{addr}");
+                    let mut rules = vec![format!("ip saddr {addr} jump mark-for-masquerade")];
+                    if let Some(subnet) = local.subnet.filter(|s| s.contains(addr)) {
+                        rules = vec![format!("ip saddr {subnet} jump mark-for-masquerade")];
+                    }
+                    rules.push(format!("meta l4proto {proto} dnat to {addr}:{}", port.target));
+                    self.chains.insert(name.clone(), Chain { hook: None, rules });
+                    (name, *node == local.name)
+                })
+                .collect();
+            let all: Vec<&str> = endpoint_chains.iter().map(|(n, _)| n.as_str()).collect();
+            let service_chain = format!("svc-{base}");
+            if (vip.is_some() || port.publish_mode == PublishMode::Ingress) && seen.insert((proto, port.target)) {
+                self.chains.insert(service_chain.clone(), Chain { hook: None, rules: vec![pick(&all)] });
+                if let Some(vip) = vip {
+                    self.element(SERVICE_IPS, format!("{vip} . {proto} . {}", port.target), &service_chain);
+                }
+            }
+            let Some(published) = port.published else { continue };
+            let node_port = format!("np-{service}-{proto}-{published}");
+            let target = match port.publish_mode {
+                PublishMode::Ingress => format!("goto {service_chain}"),
+                PublishMode::Host => {
+                    let here: Vec<&str> = endpoint_chains.iter().filter(|(_, mine)| *mine).map(|(n, _)| n.as_str()).collect();
+                    if here.is_empty() {
+                        continue;
+                    }
+                    pick(&here)
+                }
+            };
+            self.chains.insert(node_port.clone(), Chain { hook: None, rules: vec!["jump mark-for-masquerade".into(), target] });
+            self.element(SERVICE_NODEPORTS, format!("{proto} . {published}"), &node_port);
+        }
+    }
+
+    fn element(&mut self, map: &'static str, key: String, chain: &str) {
+        self.maps.entry(map).or_default().insert(key, format!("goto {chain}"));
+    }
+
+    /// The whole table as one script: declared (so the delete succeeds on
+    /// a fresh host), deleted and rebuilt, all in one transaction.
+    pub fn full(&self, table: &str) -> String {
+        let mut out = format!("table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n");
+        out.push_str(&format!("\tmap {SERVICE_IPS} {{ type ipv4_addr . inet_proto . inet_service : verdict; }}\n"));
+        out.push_str(&format!("\tmap {SERVICE_NODEPORTS} {{ type inet_proto . inet_service : verdict; }}\n}}\n"));
+        let everything = Ruleset { chains: BTreeMap::new(), maps: BTreeMap::new() };
+        out.push_str(&everything.diff(self, table));
+        out
+    }
+
+    /// The transaction turning `self` (what the kernel holds) into `next`:
+    /// new chains declared first, changed and new chains flushed and
+    /// refilled, elements swapped, gone chains flushed and deleted last
+    /// (once nothing refers to them). Empty when nothing changed.
+    pub fn diff(&self, next: &Ruleset, table: &str) -> String {
+        let mut out = String::new();
+        for (name, chain) in next.chains.iter().filter(|(n, _)| !self.chains.contains_key(*n)) {
+            match chain.hook {
+                Some(hook) => writeln!(out, "add chain ip {table} {name} {{ {hook} }}"),
+                None => writeln!(out, "add chain ip {table} {name}"),
+            }
+            .expect("writing to a String");
+        }
+        for (name, chain) in &next.chains {
+            match self.chains.get(name) {
+                Some(old) if old == chain => continue,
+                Some(_) => writeln!(out, "flush chain ip {table} {name}").expect("writing to a String"),
+                None => {}
+            }
+            for rule in &chain.rules {
+                writeln!(out, "add rule ip {table} {name} {rule}").expect("writing to a String");
+            }
+        }
+        let empty = BTreeMap::new();
+        for (map, elements) in &next.maps {
+            let old = self.maps.get(map).unwrap_or(&empty);
+            for (key, verdict) in old {
+                if elements.get(key) != Some(verdict) {
+                    writeln!(out, "delete element ip {table} {map} {{ {key} }}").expect("writing to a String");
+                }
+            }
+            for (key, verdict) in elements {
+                if old.get(key) != Some(verdict) {
+                    writeln!(out, "add element ip {table} {map} {{ {key} : {verdict} }}").expect("writing to a String");
+                }
+            }
+        }
+        for name in self.chains.keys().filter(|n| !next.chains.contains_key(*n)) {
+            writeln!(out, "flush chain ip {table} {name}\ndelete chain ip {table} {name}").expect("writing to a String");
+        }
+        out
+    }
+}
+
+/// The rule choosing one of `chains` at random (`drop` when there is none).
+fn pick(chains: &[&str]) -> String {
+    if chains.is_empty() {
+        return "drop".into();
+    }
+    let arms: Vec<String> = chains.iter().enumerate().map(|(i, c)| format!("{i} : goto {c}")).collect();
+    format!("numgen random mod {} vmap {{ {} }}", chains.len(), arms.join(", "))
+}
+
+/// A service name usable in a chain name: kept when plain, else hashed.
+fn ident(name: &str) -> String {
+    let plain = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("h{:012x}", crate::network::task::fnv1a(name) >> 16)
+    }
+}
+
+#[cfg(test)]
+#[path = "ruleset_tests.rs"]
+mod tests;

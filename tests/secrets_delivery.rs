@@ -1,0 +1,219 @@
+//! Configs and secrets reach tasks, and only the nodes running them: a real
+//! store, `shoal controller` with its key file, two `shoal agent`s (one with
+//! a network namespace per task, as root) and the demo image.
+//!
+//! The secret's value is checked by size through the demo (`secret_bytes`)
+//! and by reading the file through `/proc/<pid>/root`, which shows the
+//! task's own mount namespace; the test never prints it.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_crd::{Base64Data, Config, ConfigSpec, SealedSecret, Task, TaskNetwork, TaskObservation, TaskState};
+use support::{connect, etcdctl_ok, http_get, shoal_with_stdin, wait_until, StoreUnderTest};
+
+const SECRET: &str = "passw0rD123-e2e\n";
+
+/// A child process with its output in `log`, killed on drop.
+struct Process {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(args: &[&str], log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start shoal");
+        Process { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kills what an agent's tasks left (shims and tasks outlive agents by
+/// design) and the kernel objects of the namespace agent.
+struct Cleanup {
+    data_dirs: Vec<PathBuf>,
+    bridge: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for dir in &self.data_dirs {
+            for task in std::fs::read_dir(dir.join("tasks")).into_iter().flatten().flatten() {
+                for file in ["pid.json", "shim.pid"] {
+                    let text = std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
+                    let pid = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["pid"].as_i64()).or_else(|| text.trim().parse().ok());
+                    if let Some(pid) = pid {
+                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+                    }
+                }
+                let id = task.file_name().to_string_lossy().into_owned();
+                quiet(&["ip", "netns", "del", &shoal_agent::network::task::netns_name(&id)]);
+                quiet(&["ip", "link", "del", &shoal_agent::network::task::veth_name(&id)]);
+            }
+        }
+        quiet(&["ip", "link", "del", &self.bridge]);
+        quiet(&["nft", "delete", "table", "ip", &format!("shoal-agent-{}", self.bridge)]);
+    }
+}
+
+fn quiet(argv: &[&str]) -> bool {
+    Command::new(argv[0]).args(&argv[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+fn shoal(store: &StoreUnderTest, args: &[&str], stdin: &[u8]) -> Output {
+    let output = shoal_with_stdin(store, args, stdin);
+    assert!(output.status.success(), "shoal {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+async fn eventually<T>(timeout: Duration, what: &str, logs: &[&Process], mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            let logs: Vec<String> = logs.iter().map(|p| p.log()).collect();
+            panic!("timed out waiting for {what}\n{}", logs.join("\n-----\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn mode_of(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o7777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_reaches_only_the_node_running_its_task_on_a_tmpfs_in_the_tasks_mount_namespace() {
+    assert!(shoal_agent::sys::is_root(), "this test needs root (CI runs as root)");
+    let store = StoreUnderTest::embedded();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = store.endpoint();
+    let pid = std::process::id();
+    let (web, other) = (format!("sd-web-{pid}"), format!("sd-other-{pid}"));
+    let bridge = format!("shsd{}", pid % 100_000);
+    let (web_data, other_data) = (dir.path().join("web"), dir.path().join("other"));
+    let _cleanup = Cleanup { data_dirs: vec![web_data.clone(), other_data.clone()], bridge: bridge.clone() };
+
+    let key_file = dir.path().join("secrets.key");
+    let controller = Process::spawn(
+        &["--etcd-endpoints", &endpoint, "controller", "--encryption-key-file", key_file.to_str().unwrap()],
+        dir.path().join("controller.log"),
+    );
+    let agent = |name: &str, data: &Path, role: &str, network: &[&str], log: &str| {
+        let mut args = vec!["agent", "--name", name, "--advertise-addr", "127.0.0.1", "--labels", role, "--heartbeat-ttl", "3"];
+        args.extend(["--etcd-endpoints", &endpoint, "--data-dir", data.to_str().unwrap()]);
+        args.extend(network);
+        Process::spawn(&args, dir.path().join(log))
+    };
+    let web_agent = agent(&web, &web_data, "role=web", &["--network", "namespace", "--bridge", &bridge, "--task-subnet", "10.201.41.0/24"], "web.log");
+    let other_agent = agent(&other, &other_data, "role=other", &["--network", "host"], "other.log");
+    let published = wait_until(Duration::from_secs(20), || etcdctl_ok(&endpoint, &["get", "/shoal/keys/secrets", "--print-value-only"]).contains("keyId"));
+    assert!(published, "the controller did not publish the cluster key");
+
+    // The chapter's secret and config, and a legacy app's templated config.
+    shoal(&store, &["secret", "create", "db_password", "-"], SECRET.as_bytes());
+    shoal(&store, &["config", "create", "app.properties", "-"], b"username=pguser\nport=5432\n");
+    let client = connect(&store).await;
+    let template = b"database:\n  db_password: \"{{ secret \"db_password\" }}\"\n  service: {{ .Service.Name }}\n";
+    let spec = ConfigSpec { data: Base64Data(template.to_vec()), template_driver: Some("golang".into()) };
+    client.create(Config::new("whoami.conf", spec)).await.unwrap();
+    shoal(
+        &store,
+        &[
+            "service", "create", "--name", "web", "--constraint", "node.labels.role==web",
+            "--secret", "db_password",
+            "--config", "source=app.properties,target=/etc/myapp/conf/app.properties,mode=0440",
+            "--config", "source=whoami.conf,target=/etc/whoami/whoami.conf,mode=0400",
+            "-e", "DEMO_SECRET_FILE=/run/secrets/db_password", "-e", "DEMO_LISTEN=0.0.0.0:80",
+            // A probe runs in the task's mount namespace too: it sees the file.
+            "--health-cmd", "test -s /run/secrets/db_password", "--health-interval", "300ms",
+            "shoal/demo:1.0",
+        ],
+        b"",
+    );
+
+    let logs = [&controller, &web_agent, &other_agent];
+    let observation = eventually(Duration::from_secs(60), "the web task to run", &logs, async || {
+        let (observations, _) = client.list::<TaskObservation>().await.ok()?;
+        observations.into_iter().find(|o| o.status.as_ref().is_some_and(|s| s.state == TaskState::Running) && o.spec.network == TaskNetwork::Namespace)
+    })
+    .await;
+    let address: Ipv4Addr = observation.spec.addresses[0].split_once('/').unwrap().0.parse().unwrap();
+    let task_pid = observation.spec.pid.expect("a running task has a pid");
+
+    // The demo read the file at /run/secrets/db_password: it reports the size.
+    let body = eventually(Duration::from_secs(10), "the demo to answer", &logs, async || http_get(SocketAddr::from((address, 80)))).await;
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["secret_bytes"], SECRET.len(), "{answer}");
+    let task_id = observation.metadata.name.clone();
+    eventually(Duration::from_secs(20), "the probe to find the secret (healthy)", &logs, async || {
+        let observation = client.get::<TaskObservation>(&task_id).await.ok()??;
+        let health = observation.status?.health?;
+        (health.status == shoal_crd::HealthStatus::Healthy).then_some(())
+    })
+    .await;
+
+    // In the task's mount namespace: a tmpfs on /run/secrets; configs at their targets with their modes.
+    let mounts = std::fs::read_to_string(format!("/proc/{task_pid}/mounts")).unwrap();
+    assert!(mounts.lines().any(|l| l.starts_with("tmpfs /run/secrets tmpfs")), "no tmpfs on /run/secrets:\n{mounts}");
+    let root = PathBuf::from(format!("/proc/{task_pid}/root"));
+    assert_eq!(std::fs::read(root.join("run/secrets/db_password")).unwrap(), SECRET.as_bytes());
+    assert_eq!(mode_of(&root.join("run/secrets/db_password")), 0o444);
+    assert_eq!(std::fs::read_to_string(root.join("etc/myapp/conf/app.properties")).unwrap(), "username=pguser\nport=5432\n");
+    assert_eq!(mode_of(&root.join("etc/myapp/conf/app.properties")), 0o440);
+    let rendered = std::fs::read_to_string(root.join("etc/whoami/whoami.conf")).unwrap();
+    assert!(rendered == format!("database:\n  db_password: \"{SECRET}\"\n  service: web\n"), "the template did not render as expected");
+    assert_eq!(mode_of(&root.join("etc/whoami/whoami.conf")), 0o400);
+    // … and none of it on the host.
+    for path in ["/run/secrets/db_password", "/etc/myapp", "/etc/whoami"] {
+        assert!(!Path::new(path).exists(), "{path} leaked onto the host");
+    }
+
+    // Only the node running the task holds a sealed copy.
+    let sealed = |node: &str| etcdctl_ok(&endpoint, &["get", &format!("/shoal/sealedsecrets/{}", SealedSecret::name_for("db_password", node)), "--keys-only"]);
+    assert!(!sealed(&web).trim().is_empty(), "the web node has no sealed copy");
+    assert!(sealed(&other).trim().is_empty(), "a node without the task holds a sealed copy");
+
+    // No plaintext anywhere in the store, nor in any log.
+    let everything = etcdctl_ok(&endpoint, &["get", "--prefix", "/shoal"]);
+    let value = SECRET.trim_end();
+    assert!(!everything.contains(value), "the secret is in the store in plaintext");
+    assert!(!everything.contains(&shoal_crd::sealing::base64(SECRET.as_bytes())), "the secret is in the store in base64");
+    for process in logs {
+        assert!(!process.log().contains(value), "a log holds the secret: {}", process.log.display());
+    }
+
+    // The service goes: so do its task and the sealed copy.
+    shoal(&store, &["service", "rm", "web"], b"");
+    eventually(Duration::from_secs(30), "the sealed copy to be deleted", &logs, async || sealed(&web).trim().is_empty().then_some(())).await;
+    eventually(Duration::from_secs(30), "the task to be gone", &logs, async || {
+        let (tasks, _) = client.list::<Task>().await.ok()?;
+        tasks.is_empty().then_some(())
+    })
+    .await;
+}
