@@ -14,6 +14,7 @@ pub enum Kind {
     Node,
     Config,
     Secret,
+    SealedSecret,
     Event,
 }
 
@@ -30,6 +31,7 @@ impl Kind {
             Some("Node") => Kind::Node,
             Some("Config") => Kind::Config,
             Some("Secret") => Kind::Secret,
+            Some("SealedSecret") => Kind::SealedSecret,
             Some("Event") => Kind::Event,
             _ => bail!("unknown kind {input:?}: expected one of {}", shoal_crd::kind_names().join(", ")),
         };
@@ -38,7 +40,7 @@ impl Kind {
 
     /// True for kinds only Shoal's own components write.
     pub fn is_system_owned(self) -> bool {
-        matches!(self, Kind::Task | Kind::TaskObservation | Kind::ServiceRevision | Kind::Endpoints | Kind::Node | Kind::Event)
+        matches!(self, Kind::Task | Kind::TaskObservation | Kind::ServiceRevision | Kind::Endpoints | Kind::SealedSecret | Kind::Node | Kind::Event)
     }
 }
 
@@ -54,6 +56,7 @@ macro_rules! with_kind {
             $crate::kinds::Kind::Node => { type $R = shoal_crd::Node; $body }
             $crate::kinds::Kind::Config => { type $R = shoal_crd::Config; $body }
             $crate::kinds::Kind::Secret => { type $R = shoal_crd::Secret; $body }
+            $crate::kinds::Kind::SealedSecret => { type $R = shoal_crd::SealedSecret; $body }
             $crate::kinds::Kind::Event => { type $R = shoal_crd::Event; $body }
         }
     };

@@ -3,7 +3,7 @@
 
 use schemars::{JsonSchema, Schema};
 
-use crate::kinds::{Config, Endpoints, Event, Node, Secret, Service, ServiceRevision, Task, TaskObservation};
+use crate::kinds::{Config, Endpoints, Event, Node, SealedSecret, Secret, Service, ServiceRevision, Task, TaskObservation};
 use crate::Resource;
 
 /// A kind as users name it and its schema.
@@ -27,7 +27,7 @@ macro_rules! kind_table {
 
 /// Every kind Shoal stores.
 pub static KIND_TABLE: &[KindInfo] =
-    kind_table![Service, Task, TaskObservation, ServiceRevision, Endpoints, Node, Config, Secret, Event];
+    kind_table![Service, Task, TaskObservation, ServiceRevision, Endpoints, Node, Config, Secret, SealedSecret, Event];
 
 /// Every kind name, as written in manifests.
 pub fn kind_names() -> Vec<&'static str> {

@@ -16,14 +16,24 @@ pub async fn ls(store: &Store, output: OutputFormat) -> anyhow::Result<()> {
     print_services(store, &services, output).await
 }
 
-/// `shoal service inspect NAME…`: every field, defaults filled in.
+/// A service as `inspect` shows it: the object, plus where its traffic
+/// goes (VIP, published ports, backends) from its Endpoints.
+#[derive(serde::Serialize)]
+struct InspectedService {
+    #[serde(flatten)]
+    service: Service,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint: Option<shoal_crd::EndpointsSpec>,
+}
+
+/// `shoal service inspect NAME…`: every field, defaults filled in, and the
+/// service's VIP, ports and backends.
 pub async fn inspect(store: &Store, names: &[String], output: OutputFormat) -> anyhow::Result<()> {
     let mut found = Vec::new();
     for name in names {
-        match store.get::<Service>(name).await? {
-            Some(service) => found.push(service),
-            None => bail!("no such service: {name}"),
-        }
+        let Some(service) = store.get::<Service>(name).await? else { bail!("no such service: {name}") };
+        let endpoint = store.get::<shoal_crd::Endpoints>(name).await?.map(|e| e.spec);
+        found.push(InspectedService { service, endpoint });
     }
     print_structured(&found, if output == OutputFormat::Table { OutputFormat::Json } else { output })
 }
