@@ -1,6 +1,7 @@
 //! One task's network: a named namespace `shoal-<task id>`, a veth pair
 //! whose host end (`vs<hash>`) is on the node's bridge and whose other end
-//! is `eth0` inside, `lo` up, the task's address and a default route via
+//! is `eth0` inside (the host end in hairpin mode, so a task reaches
+//! itself through a service VIP), `lo` up, the task's address and a default route via
 //! the bridge. The task's process enters the namespace before exec (the
 //! shim, see [`crate::sys::enter_netns`]).
 //!
@@ -64,6 +65,9 @@ impl NetworkRecord {
             ip(&["link", "add", veth, "type", "veth", "peer", "name", TASK_IFACE, "netns", ns])?;
         }
         ip(&["link", "set", veth, "master", &self.bridge, "up"])?;
+        // Hairpin: with br_netfilter a service VIP DNATed back to the
+        // sending task leaves through the port it came in by.
+        ip(&["link", "set", veth, "type", "bridge_slave", "hairpin", "on"])?;
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "addr", "replace", &self.address.to_string(), "dev", TASK_IFACE])?;
         ip(&["-n", ns, "link", "set", TASK_IFACE, "up"])?;
