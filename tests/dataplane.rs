@@ -238,3 +238,42 @@ async fn a_vip_and_a_published_port_balance_over_tasks_and_follow_the_endpoints(
     assert!(nft_table().is_none(), "the shoal table outlived the agent; log:\n{}", agent.log());
     assert_eq!(programmed_revision(&store).await, 0, "the programmed-revision key outlived the agent");
 }
+
+/// 1,000 services × 10 backends through the library (no agent), in a table
+/// of its own: the first apply writes it whole, a one-backend change is a
+/// transaction of that service's lines only. Times are printed, bounds loose.
+#[test]
+fn a_thousand_services_program_at_once_and_one_backend_change_touches_one_service() {
+    use shoal_agent::dataplane::{Cluster, DataPlane, NftablesDataPlane};
+    use std::sync::Arc;
+    assert!(shoal_agent::sys::is_root(), "this test needs root: it programs nftables (CI runs as root)");
+    struct TableGuard;
+    impl Drop for TableGuard {
+        fn drop(&mut self) {
+            quiet(&["nft", "delete", "table", "ip", "shoal-scale-test"]);
+        }
+    }
+    let _guard = TableGuard;
+    let service = |i: u32, backends: u32| {
+        let ip = |n: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 202, 0, 0)) + n).to_string();
+        let port = EndpointPort { protocol: PortProtocol::Tcp, target: 80, published: None, publish_mode: PublishMode::Ingress };
+        let backends = (0..backends).map(|b| Backend { task: format!("s{i}-{b}"), node: "elsewhere".into(), address: ip(i * 16 + b + 2) }).collect();
+        let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i).to_string();
+        Arc::new(Endpoints::new(format!("s{i}"), EndpointsSpec { service: format!("s{i}"), vip: Some(vip), ports: vec![port], backends, ..Default::default() }))
+    };
+    let mut services: Vec<Arc<Endpoints>> = (0..1000).map(|i| service(i, 10)).collect();
+    let cluster = Cluster::new("scale-node", None, Vec::new());
+    let mut dataplane = NftablesDataPlane::new("shoal-scale-test");
+    let started = Instant::now();
+    dataplane.apply(&services, &cluster).unwrap();
+    let full = started.elapsed();
+    services[500] = service(500, 9);
+    let started = Instant::now();
+    dataplane.apply(&services, &cluster).unwrap();
+    let one = started.elapsed();
+    println!("1,000 services × 10 backends: full apply {full:?}; one backend removed: {one:?} ({} lines)", dataplane.last_script().lines().count());
+    assert!(dataplane.last_script().lines().all(|l| l.contains("s500-")), "the change touched other services:\n{}", dataplane.last_script());
+    assert!(full < Duration::from_secs(10) && one < Duration::from_secs(1), "full {full:?}, one change {one:?}");
+    dataplane.cleanup().unwrap();
+    assert!(!quiet(&["nft", "list", "table", "ip", "shoal-scale-test"]), "cleanup left the table");
+}

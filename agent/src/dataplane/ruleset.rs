@@ -17,7 +17,8 @@
 //!   127.0.0.1:published), drops packets from elsewhere addressed to
 //!   127.0.0.0/8 unless we DNATed them, as kube-proxy does.
 //! - per service port: `svc-<service>-<proto>-<target>` picks a backend with
-//!   `numgen random mod N vmap { 0 : goto ep-…, … }` (`drop` when it has none);
+//!   `numgen random mod N vmap { 0 : goto ep-…, … }` (`reject` when it has none:
+//!   a refused connection, not a hang);
 //! - per backend: `ep-<service>-<proto>-<target>-<address>` marks hairpin
 //!   and same-node traffic for masquerade and DNATs to `address:target`;
 //! - per published port: `np-<service>-<proto>-<published>` marks for
@@ -215,10 +216,10 @@ impl Ruleset {
     }
 }
 
-/// The rule choosing one of `chains` at random (`drop` when there is none).
+/// The rule choosing one of `chains` at random (`reject` when there is none).
 fn pick(chains: &[&str]) -> String {
     if chains.is_empty() {
-        return "drop".into();
+        return "reject".into();
     }
     let arms: Vec<String> = chains.iter().enumerate().map(|(i, c)| format!("{i} : goto {c}")).collect();
     format!("numgen random mod {} vmap {{ {} }}", chains.len(), arms.join(", "))

@@ -92,7 +92,7 @@ fn adding_and_deleting_services_touches_their_elements_only() {
         diff,
         "\
 add chain ip shoal svc-cache-udp-11211
-add rule ip shoal svc-cache-udp-11211 drop
+add rule ip shoal svc-cache-udp-11211 reject
 delete element ip shoal service-ips { 10.96.0.10 . tcp . 80 }
 add element ip shoal service-ips { 10.96.0.12 . udp . 11211 : goto svc-cache-udp-11211 }
 delete element ip shoal service-nodeports { tcp . 31080 }
