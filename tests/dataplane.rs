@@ -7,7 +7,8 @@
 //! Checked: the VIP balances over both tasks from the host and from inside
 //! a task's namespace; the published port answers on 127.0.0.1 and on the
 //! node's address; a backend removed from the Endpoints stops getting
-//! requests within a second; `nft list table ip shoal` shows the
+//! requests within a second, and one with none refuses connections at
+//! once; `nft list table ip shoal` shows the
 //! per-service chains; the agent records the revision it programmed; a
 //! graceful agent stop removes the table.
 //!
@@ -232,6 +233,15 @@ async fn a_vip_and_a_published_port_balance_over_tasks_and_follow_the_endpoints(
     assert_eq!(tasks_seen(&format!("http://127.0.0.1:{PUBLISHED}/"), None, 20, &agent), only_b, "published port after the removal");
     let table = nft_table().unwrap();
     assert!(!table.contains(&format!("ep-web-tcp-80-{} ", backends[0].1)) && !table.contains(&format!("ep-web-tcp-80-{}\n", backends[0].1)), "the removed backend's chain is gone:\n{table}");
+
+    // No backends left: a connection is refused at once, not left to time out.
+    let mut endpoints = store.require::<Endpoints>("web").await.unwrap();
+    endpoints.spec.backends.clear();
+    let revision = store.update(endpoints).await.unwrap().metadata.resource_version;
+    eventually(&agent, Duration::from_secs(1), "the empty service to be programmed", async || (programmed_revision(&store).await >= revision).then_some(())).await;
+    let asked = Instant::now();
+    assert_eq!(task_behind(&vip, None), None, "a service without backends answered");
+    assert!(asked.elapsed() < Duration::from_secs(1), "refused only after {:?}", asked.elapsed());
 
     // A graceful stop removes the table.
     agent.stop();
