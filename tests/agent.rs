@@ -70,7 +70,7 @@ impl AgentUnderTest {
     fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["agent", "--name", &self.name, "--advertise-addr", "127.0.0.1", "--labels", "zone=test"])
+            .args(["agent", "--name", &self.name, "--advertise-addr", "127.0.0.1", "--labels", "zone=test", "--dataplane", "none"])
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--heartbeat-ttl", &TTL.to_string(), "--etcd-endpoints", &self.endpoint])

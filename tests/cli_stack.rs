@@ -88,11 +88,11 @@ fn stack_deploy_fills_every_default(backend: &StoreUnderTest) {
         }
     }
     let web = list.iter().find(|s| s["metadata"]["name"] == "web_web").expect("web_web");
-    assert_eq!(web["spec"]["replicas"], 3);
+    assert_eq!(web["spec"]["replicas"], 10);
     assert_eq!(web["spec"]["rollbackConfig"]["failureAction"], "pause");
     let table = ok(shoal(&e, &["stack", "services", "web"]));
     assert!(table.starts_with("ID"), "{table}");
-    assert!(table.contains("web_web") && table.contains("0/3") && table.contains("*:8080->80/tcp"), "{table}");
+    assert!(table.contains("web_web") && table.contains("0/10") && table.contains("*:8080->80/tcp"), "{table}");
     let stacks = ok(shoal(&e, &["stack", "ls"]));
     assert!(stacks.lines().any(|l| l.starts_with("web ")), "{stacks}");
 }
@@ -114,8 +114,8 @@ fn changed_stack_bumps_generation_of_changed_services_only(backend: &StoreUnderT
     let original = std::fs::read_to_string(repo_root().join("examples/web-stack.yml")).unwrap();
     let file = copy_stack_with_configs(dir.path(), &original);
     ok(shoal(&e, &["stack", "deploy", "-c", file.to_str().unwrap(), "web"]));
-    let changed = original.replacen("replicas: 3", "replicas: 5", 1);
-    assert_ne!(changed, original, "examples/web-stack.yml sets `replicas: 3` for web");
+    let changed = original.replacen("replicas: 10", "replicas: 5", 1);
+    assert_ne!(changed, original, "examples/web-stack.yml sets `replicas: 10` for web");
     std::fs::write(&file, changed).unwrap();
     let before = revision(backend);
     let out = ok(shoal(&e, &["stack", "deploy", "-c", file.to_str().unwrap(), "web"]));

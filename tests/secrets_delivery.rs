@@ -125,7 +125,7 @@ async fn a_secret_reaches_only_the_node_running_its_task_on_a_tmpfs_in_the_tasks
         dir.path().join("controller.log"),
     );
     let agent = |name: &str, data: &Path, role: &str, network: &[&str], log: &str| {
-        let mut args = vec!["agent", "--name", name, "--advertise-addr", "127.0.0.1", "--labels", role, "--heartbeat-ttl", "3"];
+        let mut args = vec!["agent", "--name", name, "--advertise-addr", "127.0.0.1", "--labels", role, "--heartbeat-ttl", "3", "--dataplane", "none"];
         args.extend(["--etcd-endpoints", &endpoint, "--data-dir", data.to_str().unwrap()]);
         args.extend(network);
         Process::spawn(&args, dir.path().join(log))

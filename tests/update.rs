@@ -3,9 +3,10 @@
 //! the CLI as an operator would ([`support::cluster`]). Durations are scaled
 //! down (monitor 1 s, delay 1 s).
 //!
-//! - stop-first, parallelism 2, delay 1 s: tasks replaced two at a time, the
-//!   delay observed between batches, never fewer than replicas − 2 running,
-//!   all on the new image; `service history`, `service rollback` and
+//! - the reference chapter's walk-through: 10 replicas, stop-first,
+//!   parallelism 2, delay 1 s: tasks replaced two at a time, the delay
+//!   observed between batches, never fewer than replicas − 2 running, all on
+//!   the new image; `service history`, `service rollback` and
 //!   `--to-revision`;
 //! - start-first: never fewer running than replicas;
 //! - a release that cannot start with failure action rollback: rolled back
@@ -108,22 +109,22 @@ fn batches(rows: &[TaskRow], image: &str) -> Vec<Vec<DateTime<Utc>>> {
 }
 
 #[test]
-fn a_rolling_update_replaces_two_tasks_at_a_time_and_rolls_back_by_revision() {
+fn the_chapters_walk_through_replaces_ten_tasks_two_at_a_time_and_rolls_back_by_revision() {
     let cluster = Cluster::start(Backend::Embedded, &["", ""]);
     let flags = ["--update-parallelism", "2", "--update-delay", "1s", "--rollback-parallelism", "0"];
-    create(&cluster, "web", 6, &flags);
+    create(&cluster, "web", 10, &flags);
 
     let (out, fewest) = while_watching(&cluster, "web", &["service", "update", "--image", V2, "web"]);
     assert!(out.status.success(), "service update failed\n{}\n{}", text(&out), cluster.dump());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("overall progress: 6 out of 6 tasks") && stdout.contains("verify: Service converged"), "{}", text(&out));
-    assert!(fewest >= 4, "stop-first with parallelism 2 ran only {fewest} of 6 tasks at one point");
-    cluster.wait_until(CONVERGE, "6 tasks on 2.0", |c| all_on(c, "web", V2, 6));
+    assert!(stdout.contains("overall progress: 10 out of 10 tasks") && stdout.contains("verify: Service converged"), "{}", text(&out));
+    assert!(fewest >= 8, "stop-first with parallelism 2 ran only {fewest} of 10 tasks at one point");
+    cluster.wait_until(CONVERGE, "10 tasks on 2.0", |c| all_on(c, "web", V2, 10));
     assert_eq!(update_state(&cluster, "web"), "completed");
 
     let groups = batches(&cluster.tasks("web"), V2);
     let sizes: Vec<usize> = groups.iter().map(Vec::len).collect();
-    assert_eq!(sizes, [2, 2, 2], "two at a time: {groups:?}");
+    assert_eq!(sizes, [2, 2, 2, 2, 2], "two at a time: {groups:?}");
     for pair in groups.windows(2) {
         let gap = pair[1][0] - *pair[0].last().unwrap();
         assert!(gap >= chrono::Duration::seconds(2), "batches only {gap} apart; monitor 1s + delay 1s: {groups:?}");
@@ -133,14 +134,14 @@ fn a_rolling_update_replaces_two_tasks_at_a_time_and_rolls_back_by_revision() {
     assert!(history.contains("created") && history.contains("image shoal/demo:1.0 → shoal/demo:2.0"), "{history}");
     let back = cluster.shoal(&["service", "rollback", "web"]);
     assert!(back.status.success(), "service rollback failed\n{}", text(&back));
-    assert!(all_on(&cluster, "web", V1, 6), "{}", cluster.dump());
+    assert!(all_on(&cluster, "web", V1, 10), "{}", cluster.dump());
     assert_eq!(update_state(&cluster, "web"), "rollback_completed");
     let history = cluster.shoal_ok(&["service", "history", "web"]);
     assert!(history.contains("rollback to revision 1"), "{history}");
 
     let forward = cluster.shoal(&["service", "rollback", "--to-revision", "2", "web"]);
     assert!(forward.status.success(), "rollback --to-revision 2 failed\n{}", text(&forward));
-    assert!(all_on(&cluster, "web", V2, 6), "{}", cluster.dump());
+    assert!(all_on(&cluster, "web", V2, 10), "{}", cluster.dump());
 }
 
 #[test]

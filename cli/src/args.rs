@@ -327,6 +327,14 @@ pub enum FileObjectCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Store a new version; every service using it rolls onto it with its
+    /// own update config (same target path, new content). Prints `NAME vN`.
+    Rotate {
+        /// Name or ID.
+        name: String,
+        /// File with the new value, or `-` for standard input.
+        file: String,
+    },
 }
 
 /// `config create` / `secret create`.

@@ -189,13 +189,7 @@ mod tests {
     #[test]
     fn mounted_files_get_default_targets() {
         let mut s = ServiceSpec::from_image("x");
-        let r = |src: &str, target: &str| FileReference {
-            source: src.into(),
-            target: target.into(),
-            uid: file_owner(),
-            gid: file_owner(),
-            mode: file_mode(),
-        };
+        let r = |src: &str, target: &str| FileReference { target: target.into(), ..FileReference::to(src) };
         s.configs.push(r("app_conf", ""));
         s.secrets.push(r("db_pw", ""));
         s.secrets.push(r("other", "pw.txt"));

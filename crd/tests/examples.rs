@@ -74,7 +74,7 @@ fn the_web_stack_says_what_the_readme_tour_says() {
         .collect();
     assert_eq!(names, ["demo_node-agent", "demo_web"]);
     let web = &stack.services[1].spec;
-    assert_eq!(web.replicas, Some(3));
+    assert_eq!(web.replicas, Some(10));
     assert_eq!(web.update_config.parallelism, 2);
     assert_eq!(web.update_config.delay.to_string(), "10s");
     assert_eq!(web.configs[0].source, "demo_site");

@@ -154,6 +154,7 @@ async fn run(store: Store, node: String, task_subnet: Option<Ipv4Net>, mut synce
         let desired = endpoints.list();
         let revision = programmed_revision(&desired);
         let services = desired.len();
+        // Nothing to do until a change, unless the apply or the record failed.
         let mut wait = Duration::from_secs(3600);
         match syncer.sync(desired, cluster).await {
             Ok(applied) => {
@@ -163,14 +164,14 @@ async fn run(store: Store, node: String, task_subnet: Option<Ipv4Net>, mut synce
                 if recorded != Some(revision) && record(&store, &key, &node, revision).await {
                     recorded = Some(revision);
                 }
+                if recorded != Some(revision) {
+                    wait = RETRY;
+                }
             }
             Err(err) => {
                 tracing::error!(node = %node, error = %err, retry_in = ?RETRY, "cannot program the data plane");
                 wait = RETRY;
             }
-        }
-        if recorded.is_none() {
-            wait = wait.min(RETRY);
         }
         tokio::select! {
             _ = endpoints.changed() => {}

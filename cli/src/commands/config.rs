@@ -175,17 +175,12 @@ pub fn parse_labels(labels: &[String]) -> anyhow::Result<BTreeMap<String, String
 }
 
 /// `--config`/`--secret` on a service: `NAME` or
-/// `source=NAME,target=PATH,uid=0,gid=0,mode=0440` (the target's default
-/// is filled later by the service defaults). As in Docker, `mode` is read
-/// as octal with a leading `0`.
+/// `source=NAME,target=PATH,uid=0,gid=0,mode=0440,env=VAR` (the target's
+/// default is filled later by the service defaults; `env` also exposes the
+/// value as that environment variable). As in Docker, `mode` is read as
+/// octal with a leading `0`.
 pub fn parse_file_reference(flag: &str, text: &str) -> anyhow::Result<FileReference> {
-    let mut reference = FileReference {
-        source: String::new(),
-        target: String::new(),
-        uid: shoal_crd::defaults::file_owner(),
-        gid: shoal_crd::defaults::file_owner(),
-        mode: shoal_crd::defaults::file_mode(),
-    };
+    let mut reference = FileReference::to("");
     if !text.contains('=') {
         reference.source = text.to_string();
     }
@@ -197,7 +192,8 @@ pub fn parse_file_reference(flag: &str, text: &str) -> anyhow::Result<FileRefere
             "uid" => reference.uid = value.to_string(),
             "gid" => reference.gid = value.to_string(),
             "mode" => reference.mode = parse_mode(value).ok_or_else(|| anyhow!("--{flag} {text:?}: mode {value:?} is not a file mode such as 0440"))?,
-            _ => bail!("--{flag} {text:?}: unknown field {key:?} (allowed: source, target, uid, gid, mode)"),
+            "env" => reference.env = Some(value.to_string()),
+            _ => bail!("--{flag} {text:?}: unknown field {key:?} (allowed: source, target, uid, gid, mode, env)"),
         }
     }
     if reference.source.is_empty() {

@@ -49,6 +49,11 @@ pub struct DemoArgs {
     /// Read this file at start (e.g. /run/secrets/db-password); / reports its size, never its content.
     #[arg(long, env = "DEMO_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
+    /// Once listening, write the address to this file (relative: in the
+    /// task's working dir): with port 0 a probe finds the port there,
+    /// `shoal demo probe http://$(cat FILE)/health`.
+    #[arg(long, env = "DEMO_ADDR_FILE")]
+    pub addr_file: Option<PathBuf>,
 }
 
 /// Flags of `shoal demo probe`.
@@ -141,9 +146,18 @@ pub async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     });
     let app = Router::new().route("/", get(whoami)).route("/health", get(health)).with_state(demo.clone());
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    if let Some(file) = &args.addr_file {
+        write_addr_file(file, listener.local_addr()?)?;
+    }
     tracing::info!(listen = %args.listen, version = %demo.version, "demo serving");
     axum::serve(listener, app).with_graceful_shutdown(crate::commands::serve::shutdown_signal()).await?;
     Ok(())
+}
+
+/// Writes `addr` to `file` whole (a rename), so a probe never reads half of it.
+fn write_addr_file(file: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {
+    let partial = file.with_extension("partial");
+    std::fs::write(&partial, addr.to_string()).and_then(|()| std::fs::rename(&partial, file)).with_context(|| format!("cannot write {}", file.display()))
 }
 
 /// The tag of `$SHOAL_IMAGE`, or "dev".

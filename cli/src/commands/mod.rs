@@ -11,6 +11,7 @@ pub mod demo;
 pub mod events;
 pub mod logs;
 pub mod node;
+pub mod rotate;
 pub mod secret;
 pub mod spec_flags;
 pub mod tasks;
@@ -88,7 +89,7 @@ mod file_objects {
     use shoal_crd::{Config, Secret};
     use shoal_store::client::Store;
 
-    use super::{config, secret};
+    use super::{config, rotate, secret};
     use crate::args::FileObjectCommand as Verb;
 
     pub async fn config(store: &Store, command: Verb) -> anyhow::Result<()> {
@@ -97,6 +98,7 @@ mod file_objects {
             Verb::Inspect { names, output } => config::inspect(store, &names, output).await,
             Verb::Ls { output } => config::ls::<Config>(store, output).await,
             Verb::Rm { names } => config::rm::<Config>(store, &names).await,
+            Verb::Rotate { name, file } => rotate::config(store, &name, &file).await,
         }
     }
 
@@ -106,6 +108,7 @@ mod file_objects {
             Verb::Inspect { names, output } => secret::inspect(store, &names, output).await,
             Verb::Ls { output } => config::ls::<Secret>(store, output).await,
             Verb::Rm { names } => config::rm::<Secret>(store, &names).await,
+            Verb::Rotate { name, file } => rotate::secret(store, &name, &file).await,
         }
     }
 }

@@ -268,7 +268,8 @@ impl Progress {
         let mut live: Vec<&TaskRow> = rows.iter().filter(|r| r.task.spec.desired_state <= TaskState::Running).collect();
         live.sort_by_key(|r| (key(r), r.task.metadata.created_at));
         for row in live {
-            let fresh = row.task.spec.spec.same_template(&service.spec);
+            // A task's spec records the versions of what it mounts; the service's does not.
+            let fresh = row.task.spec.spec.unresolved().same_template(&service.spec);
             let slot = key(row).trim().to_string();
             let entry = (slot.clone(), row.state().0, fresh && ready(row));
             match slots.last_mut() {

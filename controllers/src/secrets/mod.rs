@@ -55,7 +55,7 @@ pub struct Context {
     pub recorder: Recorder,
 }
 
-/// The Secret and SealedSecret reflectors of one term; dropping this stops them.
+/// The SealedSecret reflector of one term; dropping this stops it.
 pub struct Reflectors(Vec<JoinHandle<()>>);
 
 impl Drop for Reflectors {
@@ -65,11 +65,12 @@ impl Drop for Reflectors {
 }
 
 impl Context {
-    /// The loop's context, with reflectors over Secrets and SealedSecrets.
+    /// The loop's context, with a reflector over SealedSecrets (Secrets
+    /// come from the shared caches).
     pub fn start(store: Store, caches: Caches, keys: Vec<PrivateKey>) -> (Arc<Self>, Reflectors) {
-        let (secrets, a) = reflector::<Secret>(store.clone());
-        let (sealed, b) = reflector::<SealedSecret>(store.clone());
-        (Arc::new(Self { store, caches, secrets, sealed, keys, recorder: Recorder::new(NAME) }), Reflectors(vec![a, b]))
+        let secrets = caches.secrets.clone();
+        let (sealed, task) = reflector::<SealedSecret>(store.clone());
+        (Arc::new(Self { store, caches, secrets, sealed, keys, recorder: Recorder::new(NAME) }), Reflectors(vec![task]))
     }
 }
 
@@ -177,7 +178,7 @@ mod tests {
         let mut spec = ServiceSpec::from_image("demo");
         spec.secrets = secrets
             .iter()
-            .map(|s| FileReference { source: s.to_string(), target: format!("/run/secrets/{s}"), uid: "0".into(), gid: "0".into(), mode: 0o444 })
+            .map(|s| FileReference { target: format!("/run/secrets/{s}"), ..FileReference::to(*s) })
             .collect();
         let spec = TaskSpec { service_name: "web".into(), slot: Some(1), node_id: node.map(str::to_string), desired_state: desired, service_generation: 1, spec };
         Arc::new(Task::new(name, spec))

@@ -116,10 +116,12 @@ pub async fn reconcile(key: String, service: Option<Arc<Service>>, ctx: Arc<Cont
             batch.delete(&ctx.store, &*task.task);
         }
     }
+    // New tasks record the versions of the configs and secrets they use.
+    let template = ctx.caches.resolved(&service);
     for slot in &plan.create {
         let task = match slot {
-            Slot::Replica(n) => new_task(&service, Some(*n), None, now),
-            Slot::Node(node) => new_task(&service, None, Some(node), now),
+            Slot::Replica(n) => new_task(&template, Some(*n), None, now),
+            Slot::Node(node) => new_task(&template, None, Some(node), now),
         };
         batch.create(&ctx.store, task);
     }

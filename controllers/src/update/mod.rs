@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use shoal_crd::{Resource, Service, ServiceRevision, Task, TaskObservation, UpdateState, UpdateStatus};
+use shoal_crd::{Config, FileKind, Resource, Secret, Service, ServiceRevision, Task, TaskObservation, UpdateState, UpdateStatus};
 use shoal_store::client::reflector::Reader;
 use shoal_store::client::{Store, StoreError};
 
@@ -79,10 +79,14 @@ impl Context {
 /// Runs the update loop until `shutdown`.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
     let caches = ctx.caches.clone();
+    let (by_config, by_secret) = (caches.clone(), caches.clone());
     Controller::new(NAME, caches.services.clone())
         .watches(caches.tasks.clone(), |task: &Task| vec![task.spec.service_name.clone()])
         .watches(caches.observations.clone(), move |o: &TaskObservation| caches.service_of_task(&o.metadata.name).into_iter().collect())
         .watches(ctx.revisions.clone(), |r: &ServiceRevision| vec![r.spec.service.clone()])
+        // A new version of a config or secret rolls the services using it.
+        .watches(ctx.caches.configs.clone(), move |c: &Config| by_config.services_using(FileKind::Config, &c.metadata.name))
+        .watches(ctx.caches.secrets.clone(), move |s: &Secret| by_secret.services_using(FileKind::Secret, &s.metadata.name))
         .resync_every(Duration::from_secs(30))
         .run(reconcile, |_, _: &StoreError, _| Action::requeue(Duration::from_millis(200)), ctx, shutdown)
         .await;
@@ -102,8 +106,11 @@ pub async fn reconcile(key: String, service: Option<Arc<Service>>, ctx: Arc<Cont
 
     let tasks = tasks_of(&key, &ctx.caches.tasks, &ctx.caches.observations);
     let status = service.status.as_ref().and_then(|s| s.update_status.as_ref());
-    let plan = plan::plan(&plan::Inputs { generation: service.metadata.generation, spec: &service.spec, status, tasks: &tasks, now: Utc::now() });
-    write_tasks(&ctx, &key, &service, &tasks, &plan).await?;
+    // What new tasks carry: the spec with the versions of what they mount.
+    let template = ctx.caches.resolved(&service);
+    let inputs = plan::Inputs { name: &key, generation: service.metadata.generation, spec: &template.spec, status, tasks: &tasks, now: Utc::now() };
+    let plan = plan::plan(&inputs);
+    write_tasks(&ctx, &key, &template, &tasks, &plan).await?;
     for (action, reason) in &plan.decisions {
         ctx.recorder.record(&Decision::about(&*service, action.clone(), reason.clone()));
     }

@@ -3,7 +3,11 @@
 //! stop or start and what the update's status becomes.
 //!
 //! A task is *fresh* when it carries the task template being rolled out
-//! ([`ServiceSpec::template_hash`]), *stale* otherwise. Per slot:
+//! ([`ServiceSpec::template_hash`] of the service's spec *resolved*: each
+//! config and secret reference with the object's current version, as new
+//! tasks record it), *stale* otherwise. So `shoal secret rotate` rolls
+//! every service using the secret, each with its own update config, like
+//! any other change of the template. Per slot:
 //! - **done**: a fresh task desired running has been ready for `monitor`
 //!   (any other task still desired running in the slot is stopped: the end
 //!   of a start-first handover, or a rollback keeping the old task);
@@ -36,7 +40,10 @@ use crate::tasks::TaskView;
 
 /// Everything the plan depends on.
 pub struct Inputs<'a> {
+    /// The service's name (for decisions).
+    pub name: &'a str,
     pub generation: i64,
+    /// The service's spec, resolved ([`ServiceSpec::resolved`]).
     pub spec: &'a ServiceSpec,
     pub status: Option<&'a UpdateStatus>,
     pub tasks: &'a [TaskView],
@@ -98,12 +105,18 @@ pub fn plan(inputs: &Inputs) -> Plan {
     let fresh = |t: &TaskView| t.task.spec.spec.template_hash() == target;
     let mut update = match inputs.status {
         Some(current) if current.target == target => current.clone(),
+        // Written by one who does not resolve versions (`shoal service
+        // rollback`, an automatic rollback): the same template; adopted.
+        Some(current) if current.state.in_progress() && current.target == inputs.spec.unresolved().template_hash() => {
+            UpdateStatus { target: target.clone(), ..current.clone() }
+        }
         previous => {
-            let dirty = groups.values().any(|tasks| tasks.iter().any(|t| t.wanted() && !fresh(t)));
-            if previous.is_none() && !dirty {
+            let stale: Vec<&TaskView> = groups.values().flatten().copied().filter(|t| t.wanted() && !fresh(t)).collect();
+            if previous.is_none() && stale.is_empty() {
                 return plan;
             }
-            plan.decide("update started", format!("generation {} changes the tasks' spec", inputs.generation));
+            let (action, reason) = why_started(inputs, &stale);
+            plan.decide(action, reason);
             UpdateStatus {
                 state: UpdateState::Updating,
                 started_at: Some(inputs.now),
@@ -191,6 +204,22 @@ pub fn plan(inputs: &Inputs) -> Plan {
     start_batch(&mut plan, &mut update, &config, dirty, inputs.generation, now);
     plan.status = Some(update);
     plan
+}
+
+/// The decision that starts an update. When the stale tasks differ from
+/// the template only in versions of what they mount, it names them:
+/// `secret db-password v2: rolling web (4 tasks)`.
+fn why_started(inputs: &Inputs, stale: &[&TaskView]) -> (String, String) {
+    let unresolved = inputs.spec.unresolved();
+    let only_versions = stale.iter().all(|t| t.task.spec.spec.unresolved().same_template(&unresolved));
+    let mut rotated: Vec<String> = stale.iter().flat_map(|t| t.task.spec.spec.changed_versions(inputs.spec)).collect();
+    rotated.sort();
+    rotated.dedup();
+    if !only_versions || rotated.is_empty() {
+        return ("update started".into(), format!("generation {} changes the tasks' spec", inputs.generation));
+    }
+    let action = format!("{}: rolling {} ({} tasks)", rotated.join(", "), inputs.name, stale.len());
+    (action, "a new version of what its tasks mount: same target paths, new content".into())
 }
 
 /// The slots the update covers and their tasks, oldest first: replicas

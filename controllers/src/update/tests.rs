@@ -51,7 +51,7 @@ impl Case {
     }
 
     fn plan(&self, now: i64) -> Plan {
-        plan(&Inputs { generation: 2, spec: &self.spec, status: self.status.as_ref(), tasks: &self.tasks, now: at(now) })
+        plan(&Inputs { name: "web", generation: 2, spec: &self.spec, status: self.status.as_ref(), tasks: &self.tasks, now: at(now) })
     }
 
     /// Plans and keeps the status, as the store would.
@@ -209,4 +209,38 @@ fn a_new_spec_during_an_update_starts_over_and_resumes_a_paused_one() {
     let resumed = case.step(101);
     assert_eq!(state(&resumed), UpdateState::Updating);
     assert_eq!(stopped(&resumed), ["demo:1-1-0"]);
+}
+
+/// `running(…)` with secret `db` at `version` in the task's spec.
+fn with_secret(mut view: TaskView, version: i64) -> TaskView {
+    let mut task = (*view.task).clone();
+    task.spec.spec.secrets = vec![shoal_crd::FileReference { version: Some(version), ..shoal_crd::FileReference::to("db") }];
+    view.task = Arc::new(task);
+    view
+}
+
+fn with_db_secret(mut spec: ServiceSpec, version: i64) -> ServiceSpec {
+    spec.secrets = vec![shoal_crd::FileReference::to("db")];
+    spec.resolved(|_, _| Some(version))
+}
+
+#[test]
+fn a_new_secret_version_rolls_the_tasks_and_says_so_in_one_decision() {
+    let old: Vec<TaskView> = (1..=4).map(|n| with_secret(running("demo:1", n, 0), 1)).collect();
+    let mut case = Case::new(with_db_secret(spec("demo:1", 4), 1), old);
+    assert_eq!(case.step(50), Plan::default(), "every task has the current version");
+    case.spec = with_db_secret(spec("demo:1", 4), 2);
+    let first = case.step(100);
+    assert_eq!(first.decisions[0].0, "secret db v2: rolling web (4 tasks)");
+    assert_eq!(stopped(&first), ["demo:1-1-0", "demo:1-2-0"], "with the service's own parallelism");
+}
+
+#[test]
+fn a_rollback_written_without_versions_is_adopted_not_restarted() {
+    let mut case = Case::new(with_db_secret(spec("demo:1", 1), 1), vec![with_secret(running("demo:2", 1, 0), 1)]);
+    let unresolved = case.spec.unresolved().template_hash();
+    case.status = Some(UpdateStatus { state: UpdateState::RollbackStarted, started_at: Some(at(100)), target: unresolved, ..Default::default() });
+    let plan = case.step(101);
+    assert_eq!(state(&plan), UpdateState::RollbackStarted);
+    assert_eq!(plan.status.unwrap().target, case.spec.template_hash());
 }

@@ -2,6 +2,11 @@
 //! references to them. Configs become Config objects (data read from
 //! `file:` or `content:`); secrets become [`SecretValue`]s (from `file:` or
 //! `environment:`) that the CLI seals before anything reaches the store.
+//!
+//! A reference's long syntax takes one key of Shoal's own, `x-env: VAR`:
+//! the value is also exposed as environment variable `VAR`
+//! ([`FileReference::env`]) — the chapter's `entrypoint.sh` that exports
+//! `DB_PASSWORD="$(cat /run/secrets/db-password)"`, without the script.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -189,6 +194,11 @@ struct ReferenceIn {
     uid: Option<IdIn>,
     gid: Option<IdIn>,
     mode: Option<ModeIn>,
+    /// Shoal's extension: also expose the value as this environment
+    /// variable (`x-env: DB_PASSWORD`). An `x-` key, so other tools that
+    /// read the file ignore it rather than refuse it.
+    #[serde(rename = "x-env")]
+    env: Option<String>,
 }
 
 /// A file mode. YAML 1.1 (which Docker reads) takes `0444` as octal; the
@@ -262,6 +272,7 @@ pub fn references(
                 uid: None,
                 gid: None,
                 mode: None,
+                env: None,
             }),
         };
         let Some(r) = r else { continue };
@@ -288,11 +299,12 @@ pub fn references(
             }
         };
         out.push(FileReference {
-            source: object.clone(),
             target,
             uid: r.uid.map_or_else(file_owner, IdIn::into_text),
             gid: r.gid.map_or_else(file_owner, IdIn::into_text),
             mode,
+            env: r.env,
+            ..FileReference::to(object.clone())
         });
     }
     out

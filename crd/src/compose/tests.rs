@@ -252,6 +252,14 @@ fn external_secrets_are_referenced_and_never_created() {
 }
 
 #[test]
+fn x_env_exposes_a_reference_as_an_environment_variable() {
+    let text = "services:\n  w:\n    image: x\n    secrets: [{source: db, x-env: DB_PASSWORD}, api]\nsecrets:\n  db:\n    external: true\n  api:\n    external: true\n";
+    let refs = &load(text).services[0].spec.secrets;
+    assert_eq!((refs[0].env.as_deref(), refs[0].target.as_str()), (Some("DB_PASSWORD"), "/run/secrets/db"));
+    assert_eq!(refs[1].env, None);
+}
+
+#[test]
 fn secrets_without_a_value_source_are_errors_at_their_name() {
     let e = errors("services:\n  w:\n    image: x\nsecrets:\n  s:\n    content: PW\n  t:\n    labels: {a: b}\n");
     assert_eq!((e[0].0, e[0].1), (6, 5));

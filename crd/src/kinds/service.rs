@@ -114,6 +114,39 @@ impl ServiceSpec {
         format!("{hash:016x}")
     }
 
+    /// The spec a new task carries: each config and secret reference with
+    /// the version `version(kind, name)` says the object has now.
+    pub fn resolved(&self, version: impl Fn(FileKind, &str) -> Option<i64>) -> ServiceSpec {
+        let mut spec = self.clone();
+        for (kind, references) in [(FileKind::Config, &mut spec.configs), (FileKind::Secret, &mut spec.secrets)] {
+            references.iter_mut().for_each(|r| r.version = version(kind, &r.source));
+        }
+        spec
+    }
+
+    /// The spec without resolved versions: what the service's own spec
+    /// looks like (a task's spec compared with its service's).
+    pub fn unresolved(&self) -> ServiceSpec {
+        self.resolved(|_, _| None)
+    }
+
+    /// The references whose version differs between `self` (a task's spec)
+    /// and `newer`, as `secret db-password v2` (`newer`'s version).
+    pub fn changed_versions(&self, newer: &ServiceSpec) -> Vec<String> {
+        let mut out = Vec::new();
+        for (kind, old, new) in [(FileKind::Config, &self.configs, &newer.configs), (FileKind::Secret, &self.secrets, &newer.secrets)] {
+            for reference in new {
+                let before = old.iter().find(|r| r.source == reference.source).map(|r| r.version);
+                if let (Some(before), Some(now)) = (before, reference.version) {
+                    if before != Some(now) {
+                        out.push(format!("{} {} v{now}", kind.as_str(), reference.source));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// The spec without what does not reach a task.
     fn template(&self) -> ServiceSpec {
         ServiceSpec {
@@ -326,6 +359,53 @@ pub struct FileReference {
     /// File mode (0o444 by default).
     #[serde(default = "crate::defaults::file_mode")]
     pub mode: u32,
+    /// Also expose the value as this environment variable (for programs
+    /// that read `DB_PASSWORD` and not a file). The value reaches the task
+    /// the way file contents do — the shim's stdin — never `launch.json`.
+    /// Stack files spell it `x-env` in the long syntax. The file is mounted
+    /// as well.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// The object's `metadata.generation` (its version) this task was
+    /// created with. Written only by the controllers, on a Task's copy of
+    /// the spec ([`ServiceSpec::resolved`]); absent in a Service's spec.
+    /// Part of the task template: a new version of a referenced object
+    /// rolls the service's tasks like any other change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+}
+
+impl FileReference {
+    /// A reference to `source` with Docker's defaults (target filled in
+    /// later by [`crate::defaults::apply_service_defaults`]).
+    pub fn to(source: impl Into<String>) -> Self {
+        FileReference {
+            source: source.into(),
+            target: String::new(),
+            uid: crate::defaults::file_owner(),
+            gid: crate::defaults::file_owner(),
+            mode: crate::defaults::file_mode(),
+            env: None,
+            version: None,
+        }
+    }
+}
+
+/// Which kind a [`FileReference`] points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Config,
+    Secret,
+}
+
+impl FileKind {
+    /// `config` or `secret`, as messages say it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileKind::Config => "config",
+            FileKind::Secret => "secret",
+        }
+    }
 }
 
 /// Observed state of a service. Written by the service, update and endpoints
