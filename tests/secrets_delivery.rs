@@ -217,3 +217,118 @@ async fn a_secret_reaches_only_the_node_running_its_task_on_a_tmpfs_in_the_tasks
     })
     .await;
 }
+
+/// The tasks desired running that their agent reports running: (pid, address).
+async fn running_tasks(client: &shoal_store::client::Store) -> Option<Vec<(u32, Ipv4Addr)>> {
+    let (tasks, _) = client.list::<Task>().await.ok()?;
+    let mut out = Vec::new();
+    for task in tasks.iter().filter(|t| t.spec.desired_state == TaskState::Running) {
+        let Some(o) = client.get::<TaskObservation>(&task.metadata.name).await.ok()? else { continue };
+        if o.spec.task_uid != task.metadata.uid || !o.status.as_ref().is_some_and(|s| s.state == TaskState::Running) {
+            continue;
+        }
+        let address = o.spec.addresses.first()?.split_once('/')?.0.parse().ok()?;
+        out.push((o.spec.pid?, address));
+    }
+    Some(out)
+}
+
+/// Whether `replicas` tasks run and each sees `value` at /run/secrets/db-password
+/// (through its mount namespace, and the demo's byte count at `/`).
+async fn every_task_sees(client: &shoal_store::client::Store, replicas: usize, value: &str) -> Option<Vec<u32>> {
+    let tasks = running_tasks(client).await?;
+    if tasks.len() != replicas {
+        return None;
+    }
+    for (pid, address) in &tasks {
+        let file = std::fs::read(format!("/proc/{pid}/root/run/secrets/db-password")).ok()?;
+        let answer: serde_json::Value = serde_json::from_str(&http_get(SocketAddr::from((*address, 80)))?).ok()?;
+        if file != value.as_bytes() || answer["secret_bytes"] != value.len() {
+            return None;
+        }
+    }
+    Some(tasks.into_iter().map(|(pid, _)| pid).collect())
+}
+
+/// `NAME=VALUE` entries of a process's environment.
+fn environ(pid: u32) -> Vec<String> {
+    let bytes = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    bytes.split(|b| *b == 0).map(|e| String::from_utf8_lossy(e).into_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_rolls_every_replica_onto_the_new_value_and_env_vars_carry_values_outside_launch_json() {
+    assert!(shoal_agent::sys::is_root(), "this test needs root (CI runs as root)");
+    let (v1, v2, v3) = ("rotate-one", "rotated-value-number-two", "third");
+    let store = StoreUnderTest::embedded();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = store.endpoint();
+    let pid = std::process::id();
+    let node = format!("sr-{pid}");
+    let bridge = format!("shsr{}", pid % 100_000);
+    let data = dir.path().join("node");
+    let _cleanup = Cleanup { data_dirs: vec![data.clone()], bridge: bridge.clone() };
+    let key_file = dir.path().join("secrets.key");
+    let controller = Process::spawn(
+        &["--etcd-endpoints", &endpoint, "controller", "--encryption-key-file", key_file.to_str().unwrap()],
+        dir.path().join("controller.log"),
+    );
+    let agent = Process::spawn(
+        &[
+            "agent", "--name", &node, "--advertise-addr", "127.0.0.1", "--heartbeat-ttl", "3", "--dataplane", "none",
+            "--etcd-endpoints", &endpoint, "--data-dir", data.to_str().unwrap(),
+            "--network", "namespace", "--bridge", &bridge, "--task-subnet", "10.201.42.0/24",
+        ],
+        dir.path().join("agent.log"),
+    );
+    let logs = [&controller, &agent];
+    let published = wait_until(Duration::from_secs(20), || etcdctl_ok(&endpoint, &["get", "/shoal/keys/secrets", "--print-value-only"]).contains("keyId"));
+    assert!(published, "the controller did not publish the cluster key");
+
+    shoal(&store, &["secret", "create", "db-password", "-"], v1.as_bytes());
+    shoal(&store, &["config", "create", "app", "-"], b"mode=fast");
+    shoal(
+        &store,
+        &[
+            "service", "create", "--name", "web", "--replicas", "4",
+            "--secret", "source=db-password,env=DB_PASSWORD", "--config", "source=app,env=APP_CONF",
+            "-e", "DEMO_SECRET_FILE=/run/secrets/db-password", "-e", "DEMO_LISTEN=0.0.0.0:80",
+            "--update-parallelism", "2", "--update-monitor", "500ms", "--update-delay", "0s",
+            "shoal/demo:1.0",
+        ],
+        b"",
+    );
+    let client = connect(&store).await;
+    let pids = eventually(Duration::from_secs(60), "4 tasks seeing v1", &logs, async || every_task_sees(&client, 4, v1).await).await;
+
+    // The env-var form: in the task's environment, not in launch.json nor the agent's log.
+    let env = environ(pids[0]);
+    assert!(env.iter().any(|e| e == &format!("DB_PASSWORD={v1}")), "DB_PASSWORD not in the task's environment");
+    assert!(env.iter().any(|e| e == "APP_CONF=mode=fast"), "APP_CONF not in the task's environment");
+    for launch in std::fs::read_dir(data.join("tasks")).unwrap().flatten().map(|t| t.path().join("launch.json")) {
+        let text = std::fs::read_to_string(&launch).unwrap_or_default();
+        assert!(!text.contains(v1), "{} holds the secret", launch.display());
+        assert!(text.is_empty() || text.contains("DB_PASSWORD"), "launch.json names the variable");
+    }
+
+    // Rotation: a new version, the same name and path; every replica rolls onto it.
+    let rotated = shoal(&store, &["secret", "rotate", "db-password", "-"], v2.as_bytes());
+    assert_eq!(String::from_utf8_lossy(&rotated.stdout).trim(), "db-password v2");
+    let pids = eventually(Duration::from_secs(60), "4 tasks seeing v2", &logs, async || every_task_sees(&client, 4, v2).await).await;
+    assert!(environ(pids[0]).iter().any(|e| e == &format!("DB_PASSWORD={v2}")));
+    let events = String::from_utf8_lossy(&shoal(&store, &["events"], b"").stdout).into_owned();
+    assert!(events.contains("secret db-password v2: rolling web (4 tasks)"), "no rotation event:\n{events}");
+
+    // The chapter's manual method, in one update: never a task without the file.
+    shoal(&store, &["secret", "create", "db-password-v2", "-"], v3.as_bytes());
+    shoal(&store, &["service", "update", "--update-order", "start-first", "--secret-rm", "db-password", "--secret-add", "source=db-password-v2,target=db-password", "web"], b"");
+    eventually(Duration::from_secs(60), "4 tasks seeing the new secret", &logs, async || every_task_sees(&client, 4, v3).await).await;
+    let removed = shoal_with_stdin(&store, &["secret", "rm", "db-password"], b"");
+    assert!(removed.status.success(), "the old secret is no longer in use: {}", String::from_utf8_lossy(&removed.stderr));
+
+    let everything = etcdctl_ok(&endpoint, &["get", "--prefix", "/shoal"]);
+    for value in [v1, v2, v3] {
+        assert!(!everything.contains(value), "a secret is in the store in plaintext");
+        assert!(logs.iter().all(|p| !p.log().contains(value)), "a log holds a secret");
+    }
+}

@@ -66,7 +66,7 @@ pub fn build(task: &Task, image: ResolvedImage, defaults: &LaunchDefaults) -> Re
         }
         None => (None, None),
     };
-    Ok(Launch { argv: image.argv, env, cwd, uid, gid, log_max_bytes: defaults.log_max_bytes, log_keep: defaults.log_keep, netns: None, files: Vec::new() })
+    Ok(Launch { argv: image.argv, env, cwd, uid, gid, log_max_bytes: defaults.log_max_bytes, log_keep: defaults.log_keep, netns: None, files: Vec::new(), env_from_stdin: Vec::new() })
 }
 
 /// `uid[:gid]` or `name[:group]` → numeric ids, names looked up in the given files.

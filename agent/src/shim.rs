@@ -3,7 +3,7 @@
 //! agent (killed, upgraded, restarted) and the next agent can re-adopt it.
 //!
 //! It reads `launch.json` (and, when the task has configs or secrets, their
-//! content from stdin), enters the task's network namespace if it has
+//! content from stdin — also the values of variables set from them), enters the task's network namespace if it has
 //! one, gives it a mount namespace with those files
 //! ([`crate::files::mount`]), starts the task in a process group of its own,
 //! records `pid.json`, copies stdout/stderr into rotating log files and, when
@@ -14,6 +14,7 @@
 //! orphaned by) its parent, and an orphan's exit status is lost.
 
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -48,14 +49,15 @@ pub fn run(dir: PathBuf) -> Result<(), ShimError> {
         return task.write_exit(&failure("the task has no command".into())).map_err(record);
     };
     // Read before anything can fail: the agent is writing the pipe.
-    let contents = if launch.files.is_empty() {
+    let mut contents = if launch.payload_len() == 0 {
         Vec::new()
     } else {
-        match crate::files::decode_payload(std::io::stdin().lock(), launch.files.len()) {
+        match crate::files::decode_payload(std::io::stdin().lock(), launch.payload_len()) {
             Ok(contents) => contents,
             Err(err) => return task.write_exit(&failure(format!("cannot read the task's configs and secrets from the agent: {err}"))).map_err(record),
         }
     };
+    let exposed = contents.split_off(launch.files.len());
     if let Some(netns) = &launch.netns {
         // The task is forked from this thread, so it starts inside. Not in
         // `pre_exec`: std runs that after setuid, and setns needs root.
@@ -76,6 +78,7 @@ pub fn run(dir: PathBuf) -> Result<(), ShimError> {
         .args(args)
         .env_clear()
         .envs(&env)
+        .envs(launch.env_from_stdin.iter().zip(&exposed).map(|(name, value)| (name, std::ffi::OsStr::from_bytes(&value.0))))
         .current_dir(&launch.cwd)
         .process_group(0)
         .stdin(Stdio::null())

@@ -46,6 +46,18 @@ pub struct Launch {
     /// namespace (root); their content comes on the shim's stdin, never here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<crate::files::TaskFile>,
+    /// Variables set from a config's or secret's value (`env=DB_PASSWORD`):
+    /// only their names; the values come on the shim's stdin after the
+    /// files' contents, never here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_from_stdin: Vec<String>,
+}
+
+impl Launch {
+    /// How many contents the shim reads from its stdin.
+    pub fn payload_len(&self) -> usize {
+        self.files.len() + self.env_from_stdin.len()
+    }
 }
 
 /// The running task process.

@@ -113,6 +113,7 @@ impl<R: Runtime> Worker<R> {
                     }
                 }
                 Step::Stop => {
+                    self.drain(&task).await;
                     let exit = self.stop(Some(&task)).await;
                     self.exited(&task, exit, true).await;
                 }
@@ -201,9 +202,13 @@ impl<R: Runtime> Worker<R> {
             let state = if e.is_permanent() { TaskState::Rejected } else { TaskState::Failed };
             (state, e.to_string())
         })?;
+        // Values exposed as variables go to the shim after the files' contents.
+        let (names, values) = files::exposed_env(&delivered).map_err(|e| (TaskState::Rejected, e.to_string()))?;
+        launch.env_from_stdin = names;
         if sys::is_root() {
-            let (targets, contents) = delivered.into_iter().map(|d| (d.file, d.content)).unzip();
+            let (targets, mut contents): (_, Vec<Content>) = delivered.into_iter().map(|d| (d.file, d.content)).unzip();
             launch.files = targets;
+            contents.extend(values);
             return Ok((launch, contents));
         }
         let dir = crate::taskdir::TaskDir::new(&self.ctx.launch.data_dir, &self.id);
@@ -212,7 +217,7 @@ impl<R: Runtime> Worker<R> {
             .and_then(|()| files::write_plain(dir.path(), &delivered))
             .map_err(|e| (TaskState::Failed, format!("writing the task's configs and secrets: {e}")))?;
         launch.env.extend(env);
-        Ok((launch, Vec::new()))
+        Ok((launch, values))
     }
 
     async fn start(&mut self, task: &Task) {
@@ -266,6 +271,21 @@ impl<R: Runtime> Worker<R> {
         if status == HealthStatus::Unhealthy {
             let exit = self.stop(Some(task)).await;
             self.finish(task, exit, (TaskState::Failed, health::UNHEALTHY_MESSAGE.into())).await;
+        }
+    }
+
+    /// The draining handshake: out of every node's backends before the stop signal.
+    async fn drain(&self, task: &Task) {
+        use crate::dataplane::drain::{wait_until_drained, Drained, DEFAULT_DRAIN_TIMEOUT};
+        let started = tokio::time::Instant::now();
+        match wait_until_drained(&self.ctx.store, &task.spec.service_name, &self.id, DEFAULT_DRAIN_TIMEOUT).await {
+            Drained::NoEndpoints => {}
+            Drained::Everywhere { revision } => {
+                tracing::info!(task = %self.id, revision, waited = ?started.elapsed(), "drained: no node routes new connections to the task")
+            }
+            Drained::TimedOut { lagging } => {
+                tracing::warn!(task = %self.id, ?lagging, timeout = ?DEFAULT_DRAIN_TIMEOUT, "drain wait expired; stopping anyway")
+            }
         }
     }
 

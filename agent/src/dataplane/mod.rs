@@ -19,6 +19,7 @@
 //! task's wait on other nodes' programmed revisions (the draining
 //! handshake; [`sync::programmed_key`] is what it will read).
 
+pub mod drain;
 pub mod fake;
 pub mod nftables;
 pub mod routes;

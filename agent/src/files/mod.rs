@@ -50,6 +50,9 @@ pub struct TaskFile {
     pub gid: u32,
     pub mode: u32,
     pub secret: bool,
+    /// Also exposed as this environment variable (its name only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
 }
 
 /// File content: never printed, zeroed when dropped.
@@ -91,6 +94,8 @@ pub enum FilesError {
     Open { secret: String, #[source] source: SealingError },
     #[error("{source}")]
     Path { #[from] source: PathError },
+    #[error("{what} {name} holds a NUL byte, which environment variable {variable} cannot")]
+    NotAVariable { what: &'static str, name: String, variable: String },
     #[error("{what} {name}: {field} {value:?} must be a number")]
     Owner { what: &'static str, name: String, field: &'static str, value: String },
     #[error("config {name}: {source}")]
@@ -165,7 +170,26 @@ fn task_file(reference: &FileReference, secret: bool) -> Result<TaskFile, FilesE
         gid: number("gid", &reference.gid)?,
         mode: reference.mode & 0o7777,
         secret,
+        env: reference.env.clone(),
     })
+}
+
+/// The variables set from delivered values (`env=VAR`): their names, and
+/// their values for the shim's stdin. A value with a NUL byte cannot be a
+/// variable's.
+pub fn exposed_env(files: &[Delivered]) -> Result<(Vec<String>, Vec<Content>), FilesError> {
+    let mut names = Vec::new();
+    let mut values = Vec::new();
+    for delivered in files {
+        let Some(name) = &delivered.file.env else { continue };
+        if delivered.content.0.contains(&0) {
+            let what = if delivered.file.secret { "secret" } else { "config" };
+            return Err(FilesError::NotAVariable { what, name: delivered.file.source.clone(), variable: name.clone() });
+        }
+        names.push(name.clone());
+        values.push(Content(delivered.content.0.clone()));
+    }
+    Ok((names, values))
 }
 
 /// The plaintext of secret `name`, opened with this node's key; waits up to
@@ -245,18 +269,31 @@ mod tests {
     use super::*;
 
     fn delivered(path: &str, secret: bool, content: &[u8]) -> Delivered {
-        let file = TaskFile { source: "s".into(), path: path.into(), uid: 0, gid: 0, mode: 0o440, secret };
+        let file = TaskFile { source: "s".into(), path: path.into(), uid: 0, gid: 0, mode: 0o440, secret, env: None };
         Delivered { file, content: Content(content.to_vec()) }
     }
 
     #[test]
     fn contents_round_trip_through_the_shim_payload_and_never_print() {
-        let files = [delivered("/run/secrets/a", true, b"one"), delivered("/b", false, b"")];
+        let files = [delivered("/run/secrets/a", true, b"xyzzy"), delivered("/b", false, b"")];
         let contents: Vec<Content> = files.iter().map(|f| Content(f.content.0.clone())).collect();
         let decoded = decode_payload(&encode_payload(&contents).0[..], 2).unwrap();
-        assert_eq!((decoded[0].0.as_slice(), decoded[1].0.as_slice()), (&b"one"[..], &b""[..]));
-        assert_eq!(format!("{:?}", files[0]), format!("{:?}", files[0]).replace("one", "???"));
+        assert_eq!((decoded[0].0.as_slice(), decoded[1].0.as_slice()), (&b"xyzzy"[..], &b""[..]));
+        assert_eq!(format!("{:?}", files[0]), format!("{:?}", files[0]).replace("xyzzy", "???"));
         assert!(decode_payload(&b"\x05\0\0\0ab"[..], 1).is_err(), "a short payload is an error");
+    }
+
+    #[test]
+    fn exposed_values_keep_their_order_and_a_nul_byte_is_refused() {
+        let mut files = [delivered("/run/secrets/a", true, b"pw"), delivered("/b", false, b"x"), delivered("/c", false, b"y")];
+        files[0].file.env = Some("A".into());
+        files[2].file.env = Some("C".into());
+        let (names, values) = exposed_env(&files).unwrap();
+        assert_eq!(names, ["A", "C"]);
+        assert_eq!((values[0].0.as_slice(), values[1].0.as_slice()), (&b"pw"[..], &b"y"[..]));
+        files[2].content = Content(b"y\0".to_vec());
+        let err = exposed_env(&files).unwrap_err().to_string();
+        assert!(err.contains("NUL") && err.ends_with("variable C cannot"), "{err}");
     }
 
     #[test]

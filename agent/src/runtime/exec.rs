@@ -135,6 +135,7 @@ mod tests {
             log_keep: 0,
             netns: None,
             files: Vec::new(),
+            env_from_stdin: Vec::new(),
         }
     }
 

@@ -138,7 +138,7 @@ impl Runtime for ProcessRuntime {
         if let Some(bridge) = self.bridge.get() {
             launch.netns = Some(self.allocate(id, &dir, bridge)?.netns_path());
         }
-        if !launch.files.is_empty() {
+        if launch.payload_len() > 0 {
             self.payloads.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), encode_payload(&contents));
         }
         dir.write_launch(&launch).map_err(prepare)
@@ -307,6 +307,7 @@ mod tests {
             log_keep: 1,
             netns: None,
             files: Vec::new(),
+            env_from_stdin: Vec::new(),
         }
     }
 

@@ -8,7 +8,7 @@
 
 use anyhow::bail;
 use shoal_crd::compose::SecretValue;
-use shoal_crd::{Base64Data, Config, Resource, Secret, Service};
+use shoal_crd::{Base64Data, Config, Secret, Service};
 use shoal_store::client::Store;
 
 use super::cluster_key::public_key;

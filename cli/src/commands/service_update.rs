@@ -17,6 +17,7 @@ use shoal_controllers::update::revisions::{previous, restored};
 use shoal_crd::{Service, ServiceRevision, ServiceSpec, TaskState, UpdateState, UpdateStatus};
 use shoal_store::client::Store;
 
+use super::config::{check_references, parse_file_reference};
 use super::spec_flags::SpecFlags;
 use super::tasks::{task_rows, TaskRow};
 use crate::duration_arg::parse_duration_arg;
@@ -41,6 +42,20 @@ pub struct ServiceUpdateArgs {
     /// Remove an environment variable.
     #[arg(long = "env-rm", value_name = "KEY")]
     pub env_rm: Vec<String>,
+    /// Add a config: NAME or source=NAME,target=PATH,uid=..,gid=..,mode=..,env=VAR.
+    #[arg(long = "config-add")]
+    pub config_add: Vec<String>,
+    /// Remove a config (by name); applied before `--config-add`.
+    #[arg(long = "config-rm", value_name = "NAME")]
+    pub config_rm: Vec<String>,
+    /// Add a secret: NAME or source=NAME,target=PATH,uid=..,gid=..,mode=..,env=VAR.
+    #[arg(long = "secret-add")]
+    pub secret_add: Vec<String>,
+    /// Remove a secret (by name); applied before `--secret-add`, so
+    /// `--secret-rm db-password --secret-add source=db-password-v2,target=db-password`
+    /// swaps it in one rolling update.
+    #[arg(long = "secret-rm", value_name = "NAME")]
+    pub secret_rm: Vec<String>,
     /// Redeploy every task even if nothing changed (and resume a paused update).
     #[arg(long)]
     pub force: bool,
@@ -59,6 +74,7 @@ pub struct ServiceUpdateArgs {
 
 /// `shoal service update [FLAGS] NAME`.
 pub async fn update(store: &Store, args: &ServiceUpdateArgs) -> anyhow::Result<()> {
+    check_references(store, &added_files(args)?).await?;
     let (written, rolling) = write_with_retry(store, &args.name, |service, _| {
         let before = service.spec.clone();
         change(&mut service.spec, args)?;
@@ -92,6 +108,11 @@ fn change(spec: &mut ServiceSpec, args: &ServiceUpdateArgs) -> anyhow::Result<()
     for key in &args.env_rm {
         spec.env.remove(key.split_once('=').map_or(key.as_str(), |(k, _)| k));
     }
+    spec.configs.retain(|r| !args.config_rm.contains(&r.source));
+    spec.secrets.retain(|r| !args.secret_rm.contains(&r.source));
+    let added = added_files(args)?;
+    spec.configs.extend(added.configs);
+    spec.secrets.extend(added.secrets);
     if args.force {
         spec.force_update += 1;
     }
@@ -103,6 +124,18 @@ fn change(spec: &mut ServiceSpec, args: &ServiceUpdateArgs) -> anyhow::Result<()
     }
     shoal_crd::defaults::apply_service_defaults(spec);
     Ok(())
+}
+
+/// The references `--config-add` and `--secret-add` add (in an otherwise empty spec).
+fn added_files(args: &ServiceUpdateArgs) -> anyhow::Result<ServiceSpec> {
+    let mut spec = ServiceSpec::from_image("");
+    for text in &args.config_add {
+        spec.configs.push(parse_file_reference("config-add", text)?);
+    }
+    for text in &args.secret_add {
+        spec.secrets.push(parse_file_reference("secret-add", text)?);
+    }
+    Ok(spec)
 }
 
 /// A paused update (or rollback) set going again; true if it was paused.
@@ -336,5 +369,36 @@ impl Screen {
         out.flush()?;
         self.last = text.to_string();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServiceUpdateArgs,
+    }
+
+    fn args(line: &str) -> ServiceUpdateArgs {
+        Cli::parse_from(std::iter::once("update").chain(line.split_whitespace())).args
+    }
+
+    #[test]
+    fn secret_rm_and_add_swap_a_secret_at_the_same_target_in_one_change() {
+        let mut spec = ServiceSpec::from_image("demo");
+        spec.secrets.push(shoal_crd::FileReference::to("db-password"));
+        spec.configs.push(shoal_crd::FileReference::to("app"));
+        shoal_crd::defaults::apply_service_defaults(&mut spec);
+        let before = spec.clone();
+        change(&mut spec, &args("--secret-rm db-password --secret-add source=db-password-v2,target=db-password,env=DB_PASSWORD --config-rm app --config-add app-v2 web")).unwrap();
+        assert_eq!(spec.secrets.len(), 1);
+        let secret = &spec.secrets[0];
+        assert_eq!((secret.source.as_str(), secret.target.as_str(), secret.env.as_deref()), ("db-password-v2", "/run/secrets/db-password", Some("DB_PASSWORD")));
+        assert_eq!((spec.configs.len(), spec.configs[0].target.as_str()), (1, "/app-v2"));
+        assert!(!before.same_template(&spec), "one rolling update");
     }
 }
