@@ -224,7 +224,7 @@ async fn running_tasks(client: &shoal_store::client::Store) -> Option<Vec<(u32, 
     let mut out = Vec::new();
     for task in tasks.iter().filter(|t| t.spec.desired_state == TaskState::Running) {
         let Some(o) = client.get::<TaskObservation>(&task.metadata.name).await.ok()? else { continue };
-        if o.spec.task_uid != task.metadata.uid || !o.status.as_ref().is_some_and(|s| s.state == TaskState::Running) {
+        if o.spec.task_uid != task.metadata.uid || o.status.as_ref().is_none_or(|s| s.state != TaskState::Running) {
             continue;
         }
         let address = o.spec.addresses.first()?.split_once('/')?.0.parse().ok()?;
@@ -291,7 +291,7 @@ async fn a_rotated_secret_rolls_every_replica_onto_the_new_value_and_env_vars_ca
         &store,
         &[
             "service", "create", "--name", "web", "--replicas", "4",
-            "--secret", "source=db-password,env=DB_PASSWORD", "--config", "source=app,env=APP_CONF",
+            "--secret", "source=db-password,env=DB_PASSWORD", "--config", "source=app,target=/etc/shoal-app.conf,env=APP_CONF",
             "-e", "DEMO_SECRET_FILE=/run/secrets/db-password", "-e", "DEMO_LISTEN=0.0.0.0:80",
             "--update-parallelism", "2", "--update-monitor", "500ms", "--update-delay", "0s",
             "shoal/demo:1.0",

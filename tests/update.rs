@@ -277,17 +277,11 @@ fn continue_finishes_despite_failures_and_max_failure_ratio_decides_when_to_paus
 
     let releases = [("cont", &above_1, "1 of 2"), ("below", &above_2, "2 of 4"), ("above", &above_1, "2 of 3")];
     for (name, probe, _) in releases {
-        cluster.shoal_ok(&["service", "update", "--detach", "--image", V2, "--health-cmd", &probe[3], name]);
+        let probe_cmd = &probe[probe.iter().position(|f| f == "--health-cmd").unwrap() + 1];
+        cluster.shoal_ok(&["service", "update", "--detach", "--image", V2, "--health-cmd", probe_cmd, name]);
     }
     let settled = |c: &Cluster, name: &str| ["completed", "paused"].contains(&update_state(c, name).as_str());
-    let t0 = std::time::Instant::now();
-    while !releases.iter().all(|(name, ..)| settled(&cluster, name)) {
-        if t0.elapsed() > CONVERGE {
-            let log = std::process::Command::new("sh").arg("-c").arg("grep -h 'object=cont' /tmp/shoal-cluster-*/controller.log | grep -v endpoints").output().unwrap();
-            panic!("DEBUG {:#}\n{}\n{}", inspect(&cluster, "cont"), String::from_utf8_lossy(&log.stdout), cluster.dump());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    cluster.wait_until(CONVERGE, "every update completed or paused", |c| releases.iter().all(|(name, ..)| settled(c, name)));
     for (name, _, failing) in releases {
         let update = inspect(&cluster, name)["status"]["updateStatus"].clone();
         let failed = update["failed"].as_array().map_or(0, Vec::len);

@@ -238,6 +238,8 @@ pub enum BenchCommand {
     Store(crate::commands::bench::StoreBenchArgs),
     /// Services to running tasks with the real controllers and simulated agents, embedded store vs etcd.
     Schedule(crate::commands::bench_schedule::ScheduleBenchArgs),
+    /// Rolling update time vs the ideal, and the reaction to a failing health check, with the real controllers and agent.
+    Update(crate::commands::bench_update::UpdateBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

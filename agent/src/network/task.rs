@@ -71,7 +71,18 @@ impl NetworkRecord {
         ip(&["-n", ns, "link", "set", "lo", "up"])?;
         ip(&["-n", ns, "addr", "replace", &self.address.to_string(), "dev", TASK_IFACE])?;
         ip(&["-n", ns, "link", "set", TASK_IFACE, "up"])?;
-        ip(&["-n", ns, "route", "replace", "default", "via", &self.gateway.to_string(), "dev", TASK_IFACE])
+        ip(&["-n", ns, "route", "replace", "default", "via", &self.gateway.to_string(), "dev", TASK_IFACE])?;
+        self.forget_neighbor();
+        Ok(())
+    }
+
+    /// Drops the host's ARP entry for the task's address: addresses are
+    /// reused, and an entry left from the previous holder would send the
+    /// new task's traffic to a vanished MAC until it aged out (connections
+    /// time out meanwhile). Best effort: a missing entry is fine.
+    fn forget_neighbor(&self) {
+        let address = self.address.addr().to_string();
+        let _ = ip(&["neigh", "flush", "to", &address, "dev", &self.bridge]);
     }
 
     /// Deletes the namespace (taking `eth0` and so the whole veth pair with
@@ -85,7 +96,25 @@ impl NetworkRecord {
         if link_exists(&self.host_veth) {
             ip(&["link", "del", &self.host_veth]).or_else(already_gone)?;
         }
+        forget_connections_of(&self.address.addr().to_string());
+        self.forget_neighbor();
         Ok(())
+    }
+}
+
+/// Deletes every connection-tracking entry whose replies came from
+/// `address`, a task that no longer exists: a client that reuses a source
+/// port (Linux does on loopback) would otherwise revive an old entry and be
+/// DNATed to the vanished task (the connection times out), and the address
+/// may go to a new task next. Best effort: needs Debian's `conntrack`.
+pub(crate) fn forget_connections_of(address: &str) {
+    let result = std::process::Command::new("conntrack")
+        .args(["-D", "--reply-src", address])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    if let Err(err) = result {
+        tracing::debug!(address, error = %err, "conntrack not available; connection tracking of a removed task is left to expire");
     }
 }
 

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod controller;
 pub mod bench;
 pub mod bench_schedule;
+pub mod bench_update;
 pub mod cluster_key;
 pub mod config;
 pub mod demo;
@@ -73,6 +74,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(crate::args::DemoCommand::Probe(args)) => tokio::task::spawn_blocking(move || demo::probe(args)).await?,
         Command::Bench(crate::args::BenchCommand::Store(args)) => bench::store(args).await,
         Command::Bench(crate::args::BenchCommand::Schedule(args)) => bench_schedule::run(flags, args).await,
+        Command::Bench(crate::args::BenchCommand::Update(args)) => bench_update::run(args).await,
     }
 }
 

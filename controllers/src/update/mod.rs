@@ -12,6 +12,15 @@
 //! objects (`desiredState` of replaced tasks; start-first replacements);
 //! ServiceRevision objects (sole writer).
 //!
+//! # Rotation
+//! New tasks record the version of each config and secret they mount
+//! ([`crate::caches::Caches::resolved`]); the plan compares tasks with the
+//! service's spec resolved the same way. A new version (`shoal secret
+//! rotate`) is thus a change of the template like a new image: this loop
+//! watches Configs and Secrets and rolls every service using one, with
+//! that service's update config, and says so in one decision
+//! (`secret db-password v2: rolling web (4 tasks)`).
+//!
 //! # Sharing slots with the service loop
 //! The service loop fills empty slots, restarts tasks that ended and
 //! replaces tasks of down nodes — always with the current spec. This loop
