@@ -32,7 +32,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shoal_agent::network::task::{netns_name, veth_name};
-use shoal_crd::{heartbeat_key, HealthCheck, HealthStatus, Node, ServiceSpec, Task, TaskNetwork, TaskObservation, TaskSpec, TaskState, TaskStatus};
+use shoal_crd::{
+    heartbeat_key, HealthCheck, HealthStatus, Node, ServiceSpec, Task, TaskNetwork, TaskObservation, TaskSpec,
+    TaskState, TaskStatus,
+};
 use shoal_store::client::{Store, StoreConfig};
 use shoal_store::proto::RangeRequest;
 use support::{free_port, http_get, Backend, StoreUnderTest};
@@ -68,9 +71,20 @@ impl AgentUnderTest {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("agent.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["agent", "--name", &self.name, "--advertise-addr", "127.0.0.1", "--labels", "zone=test", "--dataplane", "none"])
+            .args([
+                "agent",
+                "--name",
+                &self.name,
+                "--advertise-addr",
+                "127.0.0.1",
+                "--labels",
+                "zone=test",
+                "--dataplane",
+                "none",
+            ])
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(["--heartbeat-ttl", &TTL.to_string(), "--etcd-endpoints", &self.endpoint])
@@ -110,7 +124,13 @@ impl Drop for AgentUnderTest {
         self.kill();
         // Shims and tasks outlive the agent by design: kill them by their records.
         for task in std::fs::read_dir(self.data_dir().join("tasks")).into_iter().flatten().flatten() {
-            for pid in [pid_in(&task.path().join("pid.json")), std::fs::read_to_string(task.path().join("shim.pid")).ok().and_then(|p| p.trim().parse().ok())].into_iter().flatten() {
+            for pid in [
+                pid_in(&task.path().join("pid.json")),
+                std::fs::read_to_string(task.path().join("shim.pid")).ok().and_then(|p| p.trim().parse().ok()),
+            ]
+            .into_iter()
+            .flatten()
+            {
                 kill(pid, "-9");
             }
         }
@@ -127,7 +147,8 @@ fn kill(pid: i32, signal: &str) {
 }
 
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
 }
 
 async fn client(store: &StoreUnderTest) -> Store {
@@ -151,7 +172,12 @@ fn demo_task(id: &str, node: &str, image: &str, env: &[(&str, &str)]) -> Task {
 }
 
 /// Polls `probe` every 100 ms until it returns Some, or panics with the agent's log.
-async fn eventually<T>(agent: &AgentUnderTest, timeout: Duration, what: &str, mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+async fn eventually<T>(
+    agent: &AgentUnderTest,
+    timeout: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe().await {
@@ -185,12 +211,18 @@ async fn task_runs_stops_survives_an_agent_kill_and_is_readopted(backend: Backen
     let mut agent = AgentUnderTest::start(&server, "node-1");
 
     // Registration: the Node with its facts, and a heartbeat key.
-    let node = eventually(&agent, Duration::from_secs(10), "the Node", async || store.get::<Node>("node-1").await.ok().flatten()).await;
+    let node = eventually(&agent, Duration::from_secs(10), "the Node", async || {
+        store.get::<Node>("node-1").await.ok().flatten()
+    })
+    .await;
     let facts = node.status.expect("node facts");
     assert_eq!((facts.addr.as_str(), facts.platform.os.as_str()), ("127.0.0.1", "linux"));
     assert!(facts.cpus >= 1 && facts.memory > 0 && !facts.agent_version.is_empty(), "{facts:?}");
     assert_eq!(node.spec.labels["zone"], "test");
-    eventually(&agent, Duration::from_secs(5), "the heartbeat key", async || heartbeat_exists(&store, "node-1").await.then_some(())).await;
+    eventually(&agent, Duration::from_secs(5), "the heartbeat key", async || {
+        heartbeat_exists(&store, "node-1").await.then_some(())
+    })
+    .await;
 
     // A task as a controller writes it: runs and answers HTTP with its version.
     let port = free_port();
@@ -202,20 +234,29 @@ async fn task_runs_stops_survives_an_agent_kill_and_is_readopted(backend: Backen
     let local = SocketAddr::from(([127, 0, 0, 1], port));
     let body = eventually(&agent, Duration::from_secs(10), "the demo to answer", async || http_get(local)).await;
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    assert_eq!((answer["version"].as_str(), answer["task"].as_str(), answer["node"].as_str()), (Some("1.0"), Some("t-web-1"), Some("node-1")));
+    assert_eq!(
+        (answer["version"].as_str(), answer["task"].as_str(), answer["node"].as_str()),
+        (Some("1.0"), Some("t-web-1"), Some("node-1"))
+    );
     let task = store.require::<Task>("t-web-1").await.unwrap();
     assert_eq!(task.status, None, "the agent never writes the Task's key");
 
     // kill -9 the agent: the heartbeat expires, the task keeps running.
     agent.kill();
     let killed = Instant::now();
-    eventually(&agent, Duration::from_secs(TTL + 2), "the heartbeat key to expire", async || (!heartbeat_exists(&store, "node-1").await).then_some(())).await;
+    eventually(&agent, Duration::from_secs(TTL + 2), "the heartbeat key to expire", async || {
+        (!heartbeat_exists(&store, "node-1").await).then_some(())
+    })
+    .await;
     assert!(killed.elapsed() <= Duration::from_secs(TTL + 1), "heartbeat outlived the agent by {:?}", killed.elapsed());
     assert!(alive(pid), "the task died with its agent");
 
     // Restart: the same process is re-adopted, not restarted.
     agent.spawn();
-    eventually(&agent, Duration::from_secs(10), "a new heartbeat", async || heartbeat_exists(&store, "node-1").await.then_some(())).await;
+    eventually(&agent, Duration::from_secs(10), "a new heartbeat", async || {
+        heartbeat_exists(&store, "node-1").await.then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let readopted = observation_in(&store, &agent, "t-web-1", TaskState::Running).await;
     assert_eq!(readopted.spec.pid, Some(pid));
@@ -256,7 +297,15 @@ async fn a_task_that_cannot_start_fails_and_an_unknown_image_is_rejected() {
     let store = client(&server).await;
     let agent = AgentUnderTest::start(&server, "node-2");
     let listen = format!("127.0.0.1:{}", free_port());
-    store.create(demo_task("t-bad-1", "node-2", "shoal/demo:2.0", &[("DEMO_FAIL_START", "true"), ("DEMO_LISTEN", &listen)])).await.unwrap();
+    store
+        .create(demo_task(
+            "t-bad-1",
+            "node-2",
+            "shoal/demo:2.0",
+            &[("DEMO_FAIL_START", "true"), ("DEMO_LISTEN", &listen)],
+        ))
+        .await
+        .unwrap();
     store.create(demo_task("t-ghost-1", "node-2", "ghost:1", &[])).await.unwrap();
     store.create(demo_task("t-elsewhere", "node-9", "shoal/demo:1.0", &[])).await.unwrap();
 
@@ -313,7 +362,12 @@ impl Drop for NetworkGuard {
 
 /// Runs a command, ignoring its outcome; true when it succeeded.
 fn quiet(argv: &[&str]) -> bool {
-    Command::new(argv[0]).args(&argv[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn link_exists(name: &str) -> bool {
@@ -333,12 +387,18 @@ fn unique(name: &str) -> String {
 fn namespace_address(observation: &TaskObservation) -> Ipv4Addr {
     assert_eq!(observation.spec.network, TaskNetwork::Namespace, "{observation:?}");
     let [address] = observation.spec.addresses.as_slice() else { panic!("one address expected: {observation:?}") };
-    address.split_once('/').and_then(|(ip, _)| ip.parse().ok()).unwrap_or_else(|| panic!("not a CIDR address: {address}"))
+    address
+        .split_once('/')
+        .and_then(|(ip, _)| ip.parse().ok())
+        .unwrap_or_else(|| panic!("not a CIDR address: {address}"))
 }
 
 /// The demo's JSON answer on port 80 of `address`.
 async fn answer_on_port_80(agent: &AgentUnderTest, address: Ipv4Addr) -> serde_json::Value {
-    let body = eventually(agent, Duration::from_secs(10), &format!("{address}:80 to answer"), async || http_get(SocketAddr::from((address, 80)))).await;
+    let body = eventually(agent, Duration::from_secs(10), &format!("{address}:80 to answer"), async || {
+        http_get(SocketAddr::from((address, 80)))
+    })
+    .await;
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
@@ -361,9 +421,17 @@ async fn replicas_on_one_node_each_listen_on_port_80_in_a_namespace_of_their_own
     }
     let mut addresses: Vec<Ipv4Addr> = running.iter().map(|(a, _)| *a).collect();
     addresses.sort();
-    assert_eq!(addresses, [Ipv4Addr::new(10, 201, 1, 2), Ipv4Addr::new(10, 201, 1, 3)], "the lowest free addresses after the gateway");
+    assert_eq!(
+        addresses,
+        [Ipv4Addr::new(10, 201, 1, 2), Ipv4Addr::new(10, 201, 1, 3)],
+        "the lowest free addresses after the gateway"
+    );
     for (id, (address, _)) in ids.iter().zip(&running) {
-        assert_eq!(answer_on_port_80(&agent, *address).await["task"].as_str(), Some(id.as_str()), "{address} answers as its own task");
+        assert_eq!(
+            answer_on_port_80(&agent, *address).await["task"].as_str(),
+            Some(id.as_str()),
+            "{address} answers as its own task"
+        );
         assert!(netns_exists(id) && link_exists(&veth_name(id)));
     }
     assert!(link_exists("shtest1"));
@@ -371,11 +439,18 @@ async fn replicas_on_one_node_each_listen_on_port_80_in_a_namespace_of_their_own
     // kill -9 and restart: nothing recreated or renumbered, nothing restarted.
     agent.kill();
     agent.spawn();
-    eventually(&agent, Duration::from_secs(10), "a new heartbeat", async || heartbeat_exists(&store, "node-ns").await.then_some(())).await;
+    eventually(&agent, Duration::from_secs(10), "a new heartbeat", async || {
+        heartbeat_exists(&store, "node-ns").await.then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for (id, (address, pid)) in ids.iter().zip(&running) {
         let readopted = observation_in(&store, &agent, id, TaskState::Running).await;
-        assert_eq!((namespace_address(&readopted), readopted.spec.pid), (*address, Some(*pid)), "task {id} after the restart");
+        assert_eq!(
+            (namespace_address(&readopted), readopted.spec.pid),
+            (*address, Some(*pid)),
+            "task {id} after the restart"
+        );
         assert!(alive(*pid));
         assert_eq!(answer_on_port_80(&agent, *address).await["task"].as_str(), Some(id.as_str()));
     }
@@ -388,7 +463,10 @@ async fn replicas_on_one_node_each_listen_on_port_80_in_a_namespace_of_their_own
     let stopped = observation_in(&store, &agent, &ids[0], TaskState::Shutdown).await;
     assert_eq!((stopped.spec.network, stopped.spec.addresses.len()), (TaskNetwork::Namespace, 0), "{stopped:?}");
     assert!(!netns_exists(&ids[0]), "the namespace outlived its task");
-    eventually(&agent, Duration::from_secs(5), "the first task's veth to be gone", async || (!link_exists(&veth_name(&ids[0]))).then_some(())).await;
+    eventually(&agent, Duration::from_secs(5), "the first task's veth to be gone", async || {
+        (!link_exists(&veth_name(&ids[0]))).then_some(())
+    })
+    .await;
     assert!(!agent.data_dir().join("tasks").join(&ids[0]).join("network.json").exists());
     assert_eq!(answer_on_port_80(&agent, running[1].0).await["task"].as_str(), Some(ids[1].as_str()));
 
@@ -400,7 +478,8 @@ async fn replicas_on_one_node_each_listen_on_port_80_in_a_namespace_of_their_own
     agent.spawn();
     store.delete::<Task>(&ids[1], None).await.unwrap();
     eventually(&agent, Duration::from_secs(15), "the second task to be removed", async || {
-        let removed = store.get::<TaskObservation>(&ids[1]).await.ok()?.is_none() && !agent.data_dir().join("tasks").join(&ids[1]).exists();
+        let removed = store.get::<TaskObservation>(&ids[1]).await.ok()?.is_none()
+            && !agent.data_dir().join("tasks").join(&ids[1]).exists();
         (removed && !netns_exists(&ids[1])).then_some(())
     })
     .await;
@@ -420,7 +499,10 @@ async fn the_agent_takes_task_addresses_from_the_subnet_the_controllers_give_its
     let agent = AgentUnderTest::start_with(&server, "node-subnet", &network.flags(false));
 
     // What the controllers' node loop does: write status.taskSubnet.
-    let mut node = eventually(&agent, Duration::from_secs(10), "the Node", async || store.get::<Node>("node-subnet").await.ok().flatten()).await;
+    let mut node = eventually(&agent, Duration::from_secs(10), "the Node", async || {
+        store.get::<Node>("node-subnet").await.ok().flatten()
+    })
+    .await;
     loop {
         node.status.get_or_insert_with(Default::default).task_subnet = Some(network.subnet.clone());
         match store.update(node.clone()).await {
@@ -453,7 +535,13 @@ fn with_probe(mut task: Task, url: &str, retries: u64, start_period: Duration) -
 }
 
 /// The task's observed status once `done` holds for it.
-async fn status_when(store: &Store, agent: &AgentUnderTest, id: &str, what: &str, done: impl Fn(&TaskStatus) -> bool) -> TaskStatus {
+async fn status_when(
+    store: &Store,
+    agent: &AgentUnderTest,
+    id: &str,
+    what: &str,
+    done: impl Fn(&TaskStatus) -> bool,
+) -> TaskStatus {
     eventually(agent, Duration::from_secs(15), &format!("task {id} to be {what}"), async || {
         let status = store.get::<TaskObservation>(id).await.ok().flatten()?.status?;
         done(&status).then_some(status)
@@ -474,16 +562,31 @@ async fn health_probes_mark_tasks_healthy_and_fail_unhealthy_ones_but_not_during
     let listen = |port: u16| format!("127.0.0.1:{port}");
     let health = |port: u16| format!("http://127.0.0.1:{port}/health");
     let tasks = [
-        with_probe(demo_task("t-fine", "node-health", "shoal/demo:1.0", &[("DEMO_LISTEN", &listen(fine))]), &health(fine), 2, Duration::ZERO),
         with_probe(
-            demo_task("t-sick", "node-health", "shoal/demo:1.0", &[("DEMO_LISTEN", &listen(sick)), ("DEMO_UNHEALTHY_AFTER", "2s")]),
+            demo_task("t-fine", "node-health", "shoal/demo:1.0", &[("DEMO_LISTEN", &listen(fine))]),
+            &health(fine),
+            2,
+            Duration::ZERO,
+        ),
+        with_probe(
+            demo_task(
+                "t-sick",
+                "node-health",
+                "shoal/demo:1.0",
+                &[("DEMO_LISTEN", &listen(sick)), ("DEMO_UNHEALTHY_AFTER", "2s")],
+            ),
             &health(sick),
             2,
             Duration::ZERO,
         ),
         // Listens only after 1.5 s: the probes before fail, inside a 3 s start period.
         with_probe(
-            demo_task("t-slow", "node-health", "shoal/demo:1.0", &[("DEMO_LISTEN", &listen(slow)), ("DEMO_START_DELAY", "1500ms")]),
+            demo_task(
+                "t-slow",
+                "node-health",
+                "shoal/demo:1.0",
+                &[("DEMO_LISTEN", &listen(slow)), ("DEMO_START_DELAY", "1500ms")],
+            ),
             &health(slow),
             1,
             Duration::from_secs(3),
@@ -496,7 +599,10 @@ async fn health_probes_mark_tasks_healthy_and_fail_unhealthy_ones_but_not_during
     // Running but not ready until a probe passed.
     let starting = observation_in(&store, &agent, "t-fine", TaskState::Running).await.status.unwrap();
     assert!(starting.health.is_some(), "a task with a probe has a health from the start: {starting:?}");
-    assert!(!health_is(&starting, HealthStatus::Starting) || !starting.is_ready(), "starting is not ready: {starting:?}");
+    assert!(
+        !health_is(&starting, HealthStatus::Starting) || !starting.is_ready(),
+        "starting is not ready: {starting:?}"
+    );
     let healthy = status_when(&store, &agent, "t-fine", "healthy", |s| health_is(s, HealthStatus::Healthy)).await;
     assert!(healthy.is_ready() && healthy.state == TaskState::Running);
     let last = healthy.health.as_ref().unwrap().log.last().cloned().expect("a logged probe");
@@ -507,14 +613,24 @@ async fn health_probes_mark_tasks_healthy_and_fail_unhealthy_ones_but_not_during
     let pid = observation_in(&store, &agent, "t-sick", TaskState::Running).await.spec.pid.unwrap();
     status_when(&store, &agent, "t-sick", "healthy", |s| health_is(s, HealthStatus::Healthy)).await;
     let failed = observation_in(&store, &agent, "t-sick", TaskState::Failed).await.status.unwrap();
-    assert_eq!((failed.message.as_str(), failed.exit_code), ("task: unhealthy container", Some(0)), "stopped with SIGTERM: {failed:?}");
+    assert_eq!(
+        (failed.message.as_str(), failed.exit_code),
+        ("task: unhealthy container", Some(0)),
+        "stopped with SIGTERM: {failed:?}"
+    );
     let health = failed.health.as_ref().unwrap();
     assert_eq!((health.status, health.failing_streak), (HealthStatus::Unhealthy, 2));
-    assert!(health.log.len() <= 5 && health.log.iter().rev().take(2).all(|r| r.exit_code == 1 && r.output.contains("503")), "{health:?}");
+    assert!(
+        health.log.len() <= 5 && health.log.iter().rev().take(2).all(|r| r.exit_code == 1 && r.output.contains("503")),
+        "{health:?}"
+    );
     assert!(!alive(pid), "the unhealthy task's process still runs");
 
     // Refused connections in the start period did not count (retries 1).
-    let slow_status = status_when(&store, &agent, "t-slow", "healthy", |s| health_is(s, HealthStatus::Healthy) || s.state.is_terminal()).await;
+    let slow_status = status_when(&store, &agent, "t-slow", "healthy", |s| {
+        health_is(s, HealthStatus::Healthy) || s.state.is_terminal()
+    })
+    .await;
     assert_eq!(slow_status.state, TaskState::Running, "{slow_status:?}");
     let log = &slow_status.health.as_ref().unwrap().log;
     assert!(log.iter().any(|r| r.exit_code != 0), "no failure during the start period was logged: {log:?}");
@@ -525,7 +641,10 @@ async fn health_probes_mark_tasks_healthy_and_fail_unhealthy_ones_but_not_during
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_probe_of_127_0_0_1_port_80_reaches_the_tasks_own_namespace_and_resumes_after_an_agent_restart() {
     assert_root();
-    assert!(TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], 80)), Duration::from_secs(1)).is_err(), "the host must have nothing on port 80");
+    assert!(
+        TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], 80)), Duration::from_secs(1)).is_err(),
+        "the host must have nothing on port 80"
+    );
     let id = unique("ns-probe");
     let network = NetworkGuard::new("shtest3", "10.201.3.0/24", &[&id]);
     let server = StoreUnderTest::embedded();
@@ -533,7 +652,9 @@ async fn a_probe_of_127_0_0_1_port_80_reaches_the_tasks_own_namespace_and_resume
     let mut agent = AgentUnderTest::start_with(&server, "node-probe", &network.flags(true));
     let task = demo_task(&id, "node-probe", "shoal/demo:1.0", &[("DEMO_LISTEN", "0.0.0.0:80")]);
     store.create(with_probe(task, "http://127.0.0.1:80/health", 2, Duration::ZERO)).await.unwrap();
-    let healthy = status_when(&store, &agent, &id, "healthy", |s| health_is(s, HealthStatus::Healthy) || s.state.is_terminal()).await;
+    let healthy =
+        status_when(&store, &agent, &id, "healthy", |s| health_is(s, HealthStatus::Healthy) || s.state.is_terminal())
+            .await;
     assert!(healthy.is_ready(), "{healthy:?}");
     let pid = store.require::<TaskObservation>(&id).await.unwrap().spec.pid;
 
@@ -541,7 +662,10 @@ async fn a_probe_of_127_0_0_1_port_80_reaches_the_tasks_own_namespace_and_resume
     agent.kill();
     let restarted = chrono::Utc::now();
     agent.spawn();
-    let resumed = status_when(&store, &agent, &id, "probed after the restart", |s| s.health.as_ref().and_then(|h| h.log.last()).is_some_and(|r| r.start > restarted)).await;
+    let resumed = status_when(&store, &agent, &id, "probed after the restart", |s| {
+        s.health.as_ref().and_then(|h| h.log.last()).is_some_and(|r| r.start > restarted)
+    })
+    .await;
     assert!(health_is(&resumed, HealthStatus::Healthy) && resumed.state == TaskState::Running, "{resumed:?}");
     assert_eq!(store.require::<TaskObservation>(&id).await.unwrap().spec.pid, pid, "re-adopted, not restarted");
 }

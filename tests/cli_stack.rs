@@ -29,7 +29,11 @@ fn shoal(endpoint: &str, args: &[&str]) -> Output {
 
 fn ok(output: Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "shoal failed:\nstdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "shoal failed:\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     stdout
 }
 
@@ -146,7 +150,11 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+        if path.is_dir() {
+            out.extend(walk(&path))
+        } else {
+            out.push(path)
+        }
     }
     out
 }
@@ -177,7 +185,10 @@ fn apply_creates_then_reports_unchanged(backend: &StoreUnderTest) {
 fn expected_position(file: &Path) -> String {
     let text = std::fs::read_to_string(file).unwrap();
     let first = text.lines().next().unwrap_or_default();
-    first.strip_prefix("# expect:").map(|s| s.trim().to_string()).unwrap_or_else(|| panic!("{} lacks `# expect: LINE:COL`", file.display()))
+    first
+        .strip_prefix("# expect:")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| panic!("{} lacks `# expect: LINE:COL`", file.display()))
 }
 
 #[test]
@@ -187,7 +198,8 @@ fn bad_stack_files_name_line_and_column_and_change_nothing() {
     ok(shoal(&e, &["stack", "deploy", "-c", "examples/web-stack.yml", "web"]));
     let before = revision(&backend);
     let bad_dir = repo_root().join("examples/bad");
-    let mut files: Vec<PathBuf> = walk(&bad_dir).into_iter().filter(|p| p.extension().is_some_and(|x| x == "yml")).collect();
+    let mut files: Vec<PathBuf> =
+        walk(&bad_dir).into_iter().filter(|p| p.extension().is_some_and(|x| x == "yml")).collect();
     files.sort();
     assert!(files.len() >= 6, "examples/bad has a file per kind of mistake");
     for file in files {

@@ -19,7 +19,11 @@ fn shoal(store: &StoreUnderTest, args: &[&str]) -> Output {
 
 fn ok(output: Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(output.status.success(), "shoal failed:\nstdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "shoal failed:\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     stdout
 }
 
@@ -86,7 +90,10 @@ fn configs_follow_the_chapter(store: &StoreUnderTest) {
     ok(shoal(store, &["service", "create", "--name", "nginx", "--config", flag, "nginx:1.13-alpine"]));
     let service: Value = serde_json::from_str(&ok(shoal(store, &["service", "inspect", "nginx"]))).unwrap();
     let reference = &service[0]["spec"]["configs"][0];
-    assert_eq!((reference["target"].as_str(), reference["mode"].as_u64()), (Some("/etc/myapp/conf/app.properties"), Some(0o440)));
+    assert_eq!(
+        (reference["target"].as_str(), reference["mode"].as_u64()),
+        (Some("/etc/myapp/conf/app.properties"), Some(0o440))
+    );
 
     let refused = failure(shoal(store, &["config", "rm", "app.properties"]));
     assert!(refused.contains("config 'app.properties' is in use by the following service: nginx"), "{refused}");
@@ -116,7 +123,11 @@ fn secrets_need_the_cluster_key_first(store: &StoreUnderTest) {
 fn secrets_are_stored_only_encrypted(store: &StoreUnderTest) {
     let dir = tempfile::tempdir().unwrap();
     let _controller = Controller::start(store, &dir.path().join("secrets.key"));
-    let id = ok(shoal_with_stdin(store, &["secret", "create", "--label", "env=prod", "sample-secret", "-"], b"sample secret value\n"));
+    let id = ok(shoal_with_stdin(
+        store,
+        &["secret", "create", "--label", "env=prod", "sample-secret", "-"],
+        b"sample secret value\n",
+    ));
     let file = dir.path().join("secret-value.txt");
     std::fs::write(&file, "other secret\n").unwrap();
     ok(shoal(store, &["secret", "create", "other-secret", file.to_str().unwrap()]));
@@ -126,7 +137,10 @@ fn secrets_are_stored_only_encrypted(store: &StoreUnderTest) {
     for format in ["json", "yaml"] {
         let shown = ok(shoal(store, &["secret", "inspect", "-o", format, "sample-secret"]));
         assert!(shown.contains("sample-secret") && shown.contains("env"), "{shown}");
-        assert!(!shown.contains("sample secret value") && !shown.contains("ciphertext") && !shown.contains("Data"), "{shown}");
+        assert!(
+            !shown.contains("sample secret value") && !shown.contains("ciphertext") && !shown.contains("Data"),
+            "{shown}"
+        );
     }
     let listed = ok(shoal(store, &["secret", "ls", "-o", "json"]));
     assert!(!listed.contains("ciphertext"), "{listed}");
@@ -136,13 +150,19 @@ fn secrets_are_stored_only_encrypted(store: &StoreUnderTest) {
     use base64::Engine;
     for value in ["sample secret value", "other secret"] {
         assert!(!raw.contains(value), "plaintext {value:?} in the store");
-        assert!(!raw.contains(&base64::engine::general_purpose::STANDARD.encode(format!("{value}\n"))), "base64 of {value:?} in the store");
+        assert!(
+            !raw.contains(&base64::engine::general_purpose::STANDARD.encode(format!("{value}\n"))),
+            "base64 of {value:?} in the store"
+        );
     }
     assert!(!raw.contains("privateKey"), "the private key never reaches the store");
 
     let missing = failure(shoal(store, &["service", "create", "--name", "web", "--secret", "api-secret-key", "x"]));
     assert!(missing.contains("secret not found: api-secret-key"), "{missing}");
-    ok(shoal(store, &["service", "create", "--name", "web", "--secret", "source=sample-secret,target=/run/my-secrets/key", "x"]));
+    ok(shoal(
+        store,
+        &["service", "create", "--name", "web", "--secret", "source=sample-secret,target=/run/my-secrets/key", "x"],
+    ));
     let refused = failure(shoal(store, &["secret", "rm", "sample-secret"]));
     assert!(refused.contains("secret 'sample-secret' is in use by the following service: web"), "{refused}");
     assert_eq!(ok(shoal(store, &["secret", "rm", "other-secret"])).trim(), "other-secret");
@@ -152,7 +172,11 @@ fn stack_secrets_from_files_are_sealed_and_versioned(store: &StoreUnderTest) {
     let dir = tempfile::tempdir().unwrap();
     let _controller = Controller::start(store, &dir.path().join("secrets.key"));
     let compose = dir.path().join("stack.yml");
-    std::fs::write(&compose, "services:\n  web:\n    image: x\n    secrets: [db]\nsecrets:\n  db:\n    file: ./db.txt\n").unwrap();
+    std::fs::write(
+        &compose,
+        "services:\n  web:\n    image: x\n    secrets: [db]\nsecrets:\n  db:\n    file: ./db.txt\n",
+    )
+    .unwrap();
     std::fs::write(dir.path().join("db.txt"), "passw0rD123").unwrap();
     let deploy = || shoal(store, &["stack", "deploy", "-c", compose.to_str().unwrap(), "app"]);
     let first = ok(deploy());
@@ -162,7 +186,10 @@ fn stack_secrets_from_files_are_sealed_and_versioned(store: &StoreUnderTest) {
 
     std::fs::write(dir.path().join("db.txt"), "newPassw0rD").unwrap();
     let changed = ok(deploy());
-    assert!(changed.contains("Updating secret app_db"), "a changed file is a new version, not an error (moby#33808): {changed}");
+    assert!(
+        changed.contains("Updating secret app_db"),
+        "a changed file is a new version, not an error (moby#33808): {changed}"
+    );
     let raw = etcdctl_ok(&store.endpoint(), &["get", "/shoal/secrets/app_db", "--print-value-only"]);
     let stored: Value = serde_json::from_str(raw.trim()).unwrap();
     assert_eq!(stored["metadata"]["generation"], 2, "the version is the generation");

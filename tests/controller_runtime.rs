@@ -207,7 +207,8 @@ async fn a_failing_reconcile_is_retried_with_growing_backoff(backend: &StoreUnde
     let ctx = Ctx::new(store.clone(), 4);
     store.create(dial("flaky", 1)).await.unwrap();
     let (_stop, _run) = start_observer(&store, ctx.clone());
-    eventually("it is observed after four failures", || async { observed(&store, "flaky").await == Some((1, 1)) }).await;
+    eventually("it is observed after four failures", || async { observed(&store, "flaky").await == Some((1, 1)) })
+        .await;
     let attempts: Vec<Instant> = ctx.attempts.lock().unwrap().iter().map(|(_, at)| *at).collect();
     let gaps: Vec<Duration> = attempts.windows(2).map(|w| w[1] - w[0]).collect();
     // Four failures wait 50, 100, 200, 400 ms; then the success writes status.
@@ -230,14 +231,16 @@ async fn a_mapped_trigger_reconciles_the_key_it_names(backend: &StoreUnderTest) 
     let mut follower = dial("follower", 1);
     follower.metadata.labels.insert("follows".into(), "ghost".into());
     store.create(follower).await.unwrap();
-    eventually("the named key is reconciled", || async { ctx.deleted.lock().unwrap().contains(&"ghost".to_string()) }).await;
+    eventually("the named key is reconciled", || async { ctx.deleted.lock().unwrap().contains(&"ghost".to_string()) })
+        .await;
 }
 
 async fn an_unchanged_object_is_reconciled_again_on_resync(backend: &StoreUnderTest) {
     let store = connect(backend).await;
     let ctx = Ctx::new(store.clone(), 0);
     store.create(dial("still", 1)).await.unwrap();
-    let (_stop, _run) = start_observer_with(&store, ctx.clone(), |controller| controller.resync_every(Duration::from_millis(200)));
+    let (_stop, _run) =
+        start_observer_with(&store, ctx.clone(), |controller| controller.resync_every(Duration::from_millis(200)));
     eventually("it is observed", || async { observed(&store, "still").await == Some((1, 1)) }).await;
     let before = ctx.attempts_of("still");
     eventually("resync reconciles it twice more", || async { ctx.attempts_of("still") >= before + 2 }).await;
@@ -258,7 +261,8 @@ async fn one_campaigner_leads_and_resigning_hands_over(backend: &StoreUnderTest)
     first.store().create(dial("by-one", 1)).await.expect("the leader's fenced write succeeds");
     let deposed = first.store();
     first.resign().await.unwrap();
-    let second = tokio::time::timeout(Duration::from_secs(5), second).await.expect("handed over at once").unwrap().unwrap();
+    let second =
+        tokio::time::timeout(Duration::from_secs(5), second).await.expect("handed over at once").unwrap().unwrap();
     assert_eq!(leader(&a, "ctl").await.unwrap().as_deref(), Some("two"));
     let err = deposed.create(dial("by-deposed", 1)).await.unwrap_err();
     assert!(matches!(err, StoreError::FenceLost), "{err}");

@@ -14,11 +14,11 @@ use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use shoal_crd::{
-    EndpointMode, Endpoints, Node, NodeSpec, NodeState, NodeStatus, PortConfig, PortProtocol, PublishMode, Service, ServiceSpec,
-    Task, TaskNetwork, TaskObservation, TaskObservationSpec, TaskState, TaskStatus,
-};
 use shoal_controllers::endpoints::allocate::default_service_cidr;
+use shoal_crd::{
+    EndpointMode, Endpoints, Node, NodeSpec, NodeState, NodeStatus, PortConfig, PortProtocol, PublishMode, Service,
+    ServiceSpec, Task, TaskNetwork, TaskObservation, TaskObservationSpec, TaskState, TaskStatus,
+};
 use shoal_store::client::lease::Lease;
 use shoal_store::client::Store;
 use shoal_store::proto::PutRequest;
@@ -60,7 +60,10 @@ impl Fixture {
         client.etcd().unary(client.etcd().kv().put(put)).await.expect("heartbeat");
         let fixture = Self { client, controller, log, _heartbeat: lease };
         let f = &fixture;
-        f.until("n1 ready", || async move { f.client.require::<Node>("n1").await.ok()?.status?.state.eq(&NodeState::Ready).then_some(()) }).await;
+        f.until("n1 ready", || async move {
+            f.client.require::<Node>("n1").await.ok()?.status?.state.eq(&NodeState::Ready).then_some(())
+        })
+        .await;
         fixture
     }
 
@@ -81,7 +84,15 @@ impl Fixture {
         let mut spec = ServiceSpec::from_image("demo");
         spec.replicas = Some(replicas);
         spec.endpoint_mode = mode;
-        spec.ports = ports.iter().map(|&(target, published)| PortConfig { target, published, protocol: PortProtocol::Tcp, mode: PublishMode::Ingress }).collect();
+        spec.ports = ports
+            .iter()
+            .map(|&(target, published)| PortConfig {
+                target,
+                published,
+                protocol: PortProtocol::Tcp,
+                mode: PublishMode::Ingress,
+            })
+            .collect();
         self.client.create(Service::new(name, spec)).await.expect("creating the service");
     }
 
@@ -95,7 +106,9 @@ impl Fixture {
     async fn endpoint_error(&self, service: &str, check: impl Fn(&str) -> bool) -> String {
         let what = format!("{service}'s endpoint error");
         let check = &check;
-        let error = || async move { Some(self.client.require::<Service>(service).await.ok()?.status?.endpoint_error).filter(|e| check(e)) };
+        let error = || async move {
+            Some(self.client.require::<Service>(service).await.ok()?.status?.endpoint_error).filter(|e| check(e))
+        };
         self.until(&what, error).await
     }
 
@@ -114,7 +127,8 @@ impl Fixture {
             ..Default::default()
         };
         let mut observation = TaskObservation::new(task.metadata.name.clone(), spec);
-        observation.status = Some(TaskStatus { state: TaskState::Running, timestamp: Some(chrono::Utc::now()), ..Default::default() });
+        observation.status =
+            Some(TaskStatus { state: TaskState::Running, timestamp: Some(chrono::Utc::now()), ..Default::default() });
         self.client.create(observation).await.expect("observation");
     }
 }
@@ -158,7 +172,10 @@ async fn vips_and_ports_are_allocated_once_and_freed_with_the_service(store: &St
     assert_eq!((db.spec.vip, db.spec.ports.len()), (None, 0));
 
     f.client.delete::<Service>("web", None).await.unwrap();
-    f.until("web's Endpoints deleted", || async { f.client.get::<Endpoints>("web").await.ok()?.is_none().then_some(()) }).await;
+    f.until("web's Endpoints deleted", || async {
+        f.client.get::<Endpoints>("web").await.ok()?.is_none().then_some(())
+    })
+    .await;
     f.endpoint_error("api", str::is_empty).await;
     f.endpoints("api", "8080 handed to api once web is gone", |e| published(e) == [Some(8080), Some(9090)]).await;
     f.service("fresh", 0, EndpointMode::Vip, &[]).await;
@@ -200,4 +217,7 @@ async fn backends_follow_readiness_and_a_stopping_task_leaves_first(store: &Stor
     assert!(log.contains("backends 3 → 2") && log.contains("stopping"), "one decision line says why:\n{log}");
 }
 
-async_on_both_backends!(vips_and_ports_are_allocated_once_and_freed_with_the_service, backends_follow_readiness_and_a_stopping_task_leaves_first);
+async_on_both_backends!(
+    vips_and_ports_are_allocated_once_and_freed_with_the_service,
+    backends_follow_readiness_and_a_stopping_task_leaves_first
+);

@@ -16,8 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use shoal_crd::{
-    Availability, Node, NodeSpec, NodeState, NodeStatus, Platform, RestartCondition, RestartPolicy, Service, ServiceMode,
-    ServiceSpec, Task, TaskObservation, TaskObservationSpec, TaskState, TaskStatus,
+    Availability, Node, NodeSpec, NodeState, NodeStatus, Platform, RestartCondition, RestartPolicy, Service,
+    ServiceMode, ServiceSpec, Task, TaskObservation, TaskObservationSpec, TaskState, TaskStatus,
 };
 use shoal_store::client::election::leader;
 use shoal_store::client::lease::Lease;
@@ -52,7 +52,15 @@ impl Cluster {
         let log = self.dir.path().join(format!("{identity}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["controller", "--etcd-endpoints", &self.store.endpoint(), "--identity", identity, "--lease-ttl", &TTL.to_string()])
+            .args([
+                "controller",
+                "--etcd-endpoints",
+                &self.store.endpoint(),
+                "--identity",
+                identity,
+                "--lease-ttl",
+                &TTL.to_string(),
+            ])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -180,7 +188,15 @@ impl Drop for Cluster {
 
 fn describe(t: &Task) -> String {
     let status = t.status.clone().unwrap_or_default();
-    format!("{} {} node={:?} desired={:?} state={:?} {}", t.metadata.name, t.display_name(), t.spec.node_id, t.spec.desired_state, status.state, status.message)
+    format!(
+        "{} {} node={:?} desired={:?} state={:?} {}",
+        t.metadata.name,
+        t.display_name(),
+        t.spec.node_id,
+        t.spec.desired_state,
+        status.state,
+        status.message
+    )
 }
 
 /// Desired-running tasks per node (unassigned ones under "").
@@ -224,7 +240,11 @@ async fn ten_replicas_spread_four_three_three_and_scaling_down_stops_the_highest
     assert!(tasks.iter().any(|t| t.display_name() == "web.3"));
 
     cluster.edit::<Service>("web", |s| s.spec.replicas = Some(4)).await;
-    let tasks = cluster.until("web", "slots 5..10 told to stop", |t| t.iter().filter(|t| t.spec.desired_state == TaskState::Running).count() == 4).await;
+    let tasks = cluster
+        .until("web", "slots 5..10 told to stop", |t| {
+            t.iter().filter(|t| t.spec.desired_state == TaskState::Running).count() == 4
+        })
+        .await;
     for task in &tasks {
         let running = task.spec.desired_state == TaskState::Running;
         assert_eq!(running, task.spec.slot.unwrap() <= 4, "{}", describe(task));
@@ -245,13 +265,16 @@ async fn a_drained_node_loses_its_tasks_to_the_others(store: StoreUnderTest) {
     cluster.service("web", 6, &[]).await;
     cluster.until("web", "6 tasks assigned", |t| all_assigned(t, 6)).await;
     cluster.edit::<Node>("n1", |n| n.spec.availability = Availability::Drain).await;
-    let tasks = cluster.until("web", "n1's tasks replaced", |t| all_assigned(t, 6) && !per_node(t).contains_key("n1")).await;
+    let tasks =
+        cluster.until("web", "n1's tasks replaced", |t| all_assigned(t, 6) && !per_node(t).contains_key("n1")).await;
     assert_eq!(per_node(&tasks).values().sum::<usize>(), 6);
     let stopped = tasks.iter().filter(|t| t.spec.node_id.as_deref() == Some("n1")).count();
     assert_eq!(stopped, 2, "n1's two tasks are kept as history, told to stop");
 }
 
-async fn a_node_whose_heartbeat_goes_is_down_and_its_tasks_move_and_stay_stopped_when_it_returns(store: StoreUnderTest) {
+async fn a_node_whose_heartbeat_goes_is_down_and_its_tasks_move_and_stay_stopped_when_it_returns(
+    store: StoreUnderTest,
+) {
     let mut cluster = three_nodes(store).await;
     cluster.service("web", 6, &[]).await;
     cluster.until("web", "6 tasks assigned", |t| all_assigned(t, 6)).await;
@@ -279,7 +302,9 @@ async fn constraints_hold_and_unplaceable_tasks_say_why(store: StoreUnderTest) {
     let expected = "no suitable node (3 nodes had constraint mismatch)";
     let tasks = cluster
         .until("nowhere", "pending with a reason", |t| {
-            t.len() == 2 && t.iter().all(|t| t.status.as_ref().is_some_and(|s| s.state == TaskState::Pending && s.message == expected))
+            t.len() == 2
+                && t.iter()
+                    .all(|t| t.status.as_ref().is_some_and(|s| s.state == TaskState::Pending && s.message == expected))
         })
         .await;
     assert!(tasks.iter().all(|t| t.spec.node_id.is_none()));
@@ -319,7 +344,8 @@ async fn observe(cluster: &Cluster, task: &Task, state: TaskState, exit_code: Op
         ..Default::default()
     };
     let mut observation = TaskObservation::new(task.metadata.name.clone(), spec);
-    observation.status = Some(TaskStatus { state, exit_code, timestamp: Some(chrono::Utc::now()), ..Default::default() });
+    observation.status =
+        Some(TaskStatus { state, exit_code, timestamp: Some(chrono::Utc::now()), ..Default::default() });
     match cluster.client.get::<TaskObservation>(&task.metadata.name).await.unwrap() {
         Some(current) => {
             observation.metadata = current.metadata;
@@ -386,7 +412,11 @@ async fn a_removed_services_tasks_are_stopped_then_deleted(store: StoreUnderTest
     cluster.client.delete::<Service>("web", None).await.unwrap();
     cluster.client.delete::<Service>("stuck", None).await.unwrap();
     cluster.until("stuck", "the never-placed task deleted at once", |t| t.is_empty()).await;
-    cluster.until("web", "all told to stop", |t| t.len() == 3 && t.iter().all(|t| t.spec.desired_state == TaskState::Shutdown)).await;
+    cluster
+        .until("web", "all told to stop", |t| {
+            t.len() == 3 && t.iter().all(|t| t.spec.desired_state == TaskState::Shutdown)
+        })
+        .await;
     for task in &tasks {
         observe(&cluster, task, TaskState::Shutdown, None).await;
     }

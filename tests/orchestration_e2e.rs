@@ -79,18 +79,28 @@ fn a_killed_agents_replicas_move_within_five_seconds_of_its_lease_expiring(backe
     until_running(&cluster, "web", 6, &[], "6 replicas running");
     let before = cluster.running("web");
     let victim = cluster.agent_name(0).to_string();
-    let stale: Vec<u32> = before.iter().filter(|r| r.node() == Some(victim.as_str())).map(|r| r.pid().unwrap()).collect();
+    let stale: Vec<u32> =
+        before.iter().filter(|r| r.node() == Some(victim.as_str())).map(|r| r.pid().unwrap()).collect();
     assert_eq!(stale.len(), 2, "{}", cluster.dump());
 
     cluster.kill_agent(0);
-    let down = cluster.wait_until(CONVERGE, "the killed agent's node to be down", |c| c.node_state(&victim) == NodeState::Down);
+    let down = cluster
+        .wait_until(CONVERGE, "the killed agent's node to be down", |c| c.node_state(&victim) == NodeState::Down);
     let moved = cluster.wait_until(CONVERGE, "its replicas to run elsewhere", |c| {
         let by_node = c.tasks_by_node("web");
         by_node.values().sum::<usize>() == 6 && !by_node.contains_key(&victim)
     });
     println!("{backend:?}: node down {down:?} after the kill (heartbeat TTL {HEARTBEAT_TTL:?}), replicas running elsewhere {moved:?} later ({:?} after the kill)", down + moved);
-    assert!(down <= HEARTBEAT_TTL + Duration::from_secs(2), "node marked down {down:?} after the kill\n{}", cluster.dump());
-    assert!(moved <= Duration::from_secs(5), "replicas running elsewhere {moved:?} after the node went down\n{}", cluster.dump());
+    assert!(
+        down <= HEARTBEAT_TTL + Duration::from_secs(2),
+        "node marked down {down:?} after the kill\n{}",
+        cluster.dump()
+    );
+    assert!(
+        moved <= Duration::from_secs(5),
+        "replicas running elsewhere {moved:?} after the node went down\n{}",
+        cluster.dump()
+    );
     assert!(stale.iter().all(|p| alive(*p)), "tasks outlive their agent until it says otherwise");
 
     // The agent returns: its stale tasks are stopped, no slot runs twice.
@@ -108,8 +118,18 @@ fn a_drained_node_loses_its_tasks_and_gets_no_new_ones(backend: Backend) {
     create(&cluster, "web", &["--replicas", "6"]);
     until_running(&cluster, "web", 6, &[], "6 replicas running");
     let drained = cluster.agent_name(1).to_string();
-    let before: BTreeSet<String> = cluster.tasks("web").iter().filter(|r| r.node() == Some(drained.as_str())).map(|r| r.id().to_string()).collect();
-    let old_pids: Vec<u32> = cluster.running("web").iter().filter(|r| r.node() == Some(drained.as_str())).map(|r| r.pid().unwrap()).collect();
+    let before: BTreeSet<String> = cluster
+        .tasks("web")
+        .iter()
+        .filter(|r| r.node() == Some(drained.as_str()))
+        .map(|r| r.id().to_string())
+        .collect();
+    let old_pids: Vec<u32> = cluster
+        .running("web")
+        .iter()
+        .filter(|r| r.node() == Some(drained.as_str()))
+        .map(|r| r.pid().unwrap())
+        .collect();
     assert_eq!(old_pids.len(), 2, "{}", cluster.dump());
 
     cluster.shoal_ok(&["node", "update", "--availability", "drain", &drained]);
@@ -118,7 +138,12 @@ fn a_drained_node_loses_its_tasks_and_gets_no_new_ones(backend: Backend) {
 
     cluster.shoal_ok(&["service", "scale", "web=9"]);
     until_running(&cluster, "web", 9, &[&drained], "9 replicas, none on the drained node");
-    let after: BTreeSet<String> = cluster.tasks("web").iter().filter(|r| r.node() == Some(drained.as_str())).map(|r| r.id().to_string()).collect();
+    let after: BTreeSet<String> = cluster
+        .tasks("web")
+        .iter()
+        .filter(|r| r.node() == Some(drained.as_str()))
+        .map(|r| r.id().to_string())
+        .collect();
     assert_eq!(after, before, "no task was placed on the drained node\n{}", cluster.dump());
 }
 
@@ -145,13 +170,23 @@ fn a_restarted_agent_restarts_no_task(backend: Backend) {
 fn constraints_and_max_replicas_per_node_hold(backend: Backend) {
     let cluster = Cluster::start(backend, &["zone=a", "zone=b", "zone=b"]);
     create(&cluster, "zoned", &["--replicas", "3", "--constraint", "node.labels.zone==a"]);
-    create(&cluster, "capped", &["--replicas", "3", "--constraint", "node.labels.zone==b", "--replicas-max-per-node", "1"]);
+    create(
+        &cluster,
+        "capped",
+        &["--replicas", "3", "--constraint", "node.labels.zone==b", "--replicas-max-per-node", "1"],
+    );
     until_running(&cluster, "zoned", 3, &[], "3 zoned replicas running");
     assert_eq!(cluster.tasks_by_node("zoned"), spread(&[("node-1", 3)]), "{}", cluster.dump());
 
     cluster.wait_until(CONVERGE, "2 capped replicas running and the third pending with a reason", |c| {
         let tasks = c.tasks("capped");
-        let pending = tasks.iter().filter(|r| r.node().is_none() && r.task.status.as_ref().is_some_and(|s| s.state == TaskState::Pending && s.message.starts_with("no suitable node")));
+        let pending = tasks.iter().filter(|r| {
+            r.node().is_none()
+                && r.task
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.state == TaskState::Pending && s.message.starts_with("no suitable node"))
+        });
         c.tasks_by_node("capped") == spread(&[("node-2", 1), ("node-3", 1)]) && pending.count() == 1
     });
     std::thread::sleep(Duration::from_secs(1));
@@ -161,7 +196,9 @@ fn constraints_and_max_replicas_per_node_hold(backend: Backend) {
 /// When the task's process started and ended, from its agent's records.
 fn run_times(cluster: &Cluster, row: &TaskRow) -> (DateTime<Utc>, ExitRecord) {
     let dir = cluster.task_dir(row.node().expect("a placed task"), row.id());
-    let read = |file: &str| std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{}/{file}: {e}\n{}", dir.display(), cluster.dump()));
+    let read = |file: &str| {
+        std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{}/{file}: {e}\n{}", dir.display(), cluster.dump()))
+    };
     let started: PidRecord = serde_json::from_slice(&read("pid.json")).unwrap();
     let exit: ExitRecord = serde_json::from_slice(&read("exit.json")).unwrap();
     (started.started_at, exit)
@@ -174,7 +211,10 @@ fn a_crashing_app_is_restarted_after_the_delay_until_max_attempts(backend: Backe
     // The first run and two restarts, each crashing: then it gives up.
     cluster.wait_until(CONVERGE, "three failed attempts, none desired running", |c| {
         let tasks = c.tasks("crashy");
-        tasks.len() == 3 && tasks.iter().all(|r| r.observed_state() == Some(TaskState::Failed) && r.task.spec.desired_state != TaskState::Running)
+        tasks.len() == 3
+            && tasks.iter().all(|r| {
+                r.observed_state() == Some(TaskState::Failed) && r.task.spec.desired_state != TaskState::Running
+            })
     });
     std::thread::sleep(Duration::from_secs(2));
     let tasks = cluster.tasks("crashy");
@@ -190,7 +230,11 @@ fn a_crashing_app_is_restarted_after_the_delay_until_max_attempts(backend: Backe
     for pair in runs.windows(2) {
         let delay = (pair[1].0 - pair[0].1.finished_at.unwrap()).to_std().unwrap_or_default();
         println!("{backend:?}: restarted {delay:?} after the crash");
-        assert!(delay >= Duration::from_millis(900), "restarted {delay:?} after the crash, before the 1 s delay\n{}", cluster.dump());
+        assert!(
+            delay >= Duration::from_millis(900),
+            "restarted {delay:?} after the crash, before the 1 s delay\n{}",
+            cluster.dump()
+        );
         assert!(delay < Duration::from_secs(5), "restarted only {delay:?} after the crash\n{}", cluster.dump());
     }
 }
@@ -199,11 +243,15 @@ fn a_global_service_follows_nodes_joining_and_leaving(backend: Backend) {
     let mut cluster = Cluster::start(backend, &["", "", ""]);
     create(&cluster, "mon", &["--mode", "global"]);
     let one_each = |nodes: &[&str]| spread(&nodes.iter().map(|n| (*n, 1)).collect::<Vec<_>>());
-    cluster.wait_until(CONVERGE, "one task per node", |c| c.tasks_by_node("mon") == one_each(&["node-1", "node-2", "node-3"]));
+    cluster.wait_until(CONVERGE, "one task per node", |c| {
+        c.tasks_by_node("mon") == one_each(&["node-1", "node-2", "node-3"])
+    });
 
     let joined = cluster.add_agent("");
     assert_eq!(cluster.agent_name(joined), "node-4");
-    cluster.wait_until(CONVERGE, "a task on the node that joined", |c| c.tasks_by_node("mon") == one_each(&["node-1", "node-2", "node-3", "node-4"]));
+    cluster.wait_until(CONVERGE, "a task on the node that joined", |c| {
+        c.tasks_by_node("mon") == one_each(&["node-1", "node-2", "node-3", "node-4"])
+    });
 
     let drained = cluster.running("mon").into_iter().find(|r| r.node() == Some("node-2")).unwrap().pid().unwrap();
     cluster.shoal_ok(&["node", "update", "--availability", "drain", "node-2"]);
@@ -213,7 +261,11 @@ fn a_global_service_follows_nodes_joining_and_leaving(backend: Backend) {
 
     cluster.kill_agent(2);
     cluster.wait_until(CONVERGE, "the killed node's task stopped being counted", |c| {
-        c.node_state("node-3") == NodeState::Down && c.tasks("mon").iter().filter(|r| r.task.spec.desired_state == TaskState::Running).all(|r| r.node() != Some("node-3"))
+        c.node_state("node-3") == NodeState::Down
+            && c.tasks("mon")
+                .iter()
+                .filter(|r| r.task.spec.desired_state == TaskState::Running)
+                .all(|r| r.node() != Some("node-3"))
     });
     assert_eq!(cluster.tasks_by_node("mon"), one_each(&["node-1", "node-4"]), "{}", cluster.dump());
 }

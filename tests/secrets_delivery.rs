@@ -64,7 +64,10 @@ impl Drop for Cleanup {
             for task in std::fs::read_dir(dir.join("tasks")).into_iter().flatten().flatten() {
                 for file in ["pid.json", "shim.pid"] {
                     let text = std::fs::read_to_string(task.path().join(file)).unwrap_or_default();
-                    let pid = serde_json::from_str::<serde_json::Value>(&text).ok().and_then(|v| v["pid"].as_i64()).or_else(|| text.trim().parse().ok());
+                    let pid = serde_json::from_str::<serde_json::Value>(&text)
+                        .ok()
+                        .and_then(|v| v["pid"].as_i64())
+                        .or_else(|| text.trim().parse().ok());
                     if let Some(pid) = pid {
                         let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
                     }
@@ -80,7 +83,12 @@ impl Drop for Cleanup {
 }
 
 fn quiet(argv: &[&str]) -> bool {
-    Command::new(argv[0]).args(&argv[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn shoal(store: &StoreUnderTest, args: &[&str], stdin: &[u8]) -> Output {
@@ -89,7 +97,12 @@ fn shoal(store: &StoreUnderTest, args: &[&str], stdin: &[u8]) -> Output {
     output
 }
 
-async fn eventually<T>(timeout: Duration, what: &str, logs: &[&Process], mut probe: impl AsyncFnMut() -> Option<T>) -> T {
+async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    logs: &[&Process],
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = probe().await {
@@ -125,14 +138,34 @@ async fn a_secret_reaches_only_the_node_running_its_task_on_a_tmpfs_in_the_tasks
         dir.path().join("controller.log"),
     );
     let agent = |name: &str, data: &Path, role: &str, network: &[&str], log: &str| {
-        let mut args = vec!["agent", "--name", name, "--advertise-addr", "127.0.0.1", "--labels", role, "--heartbeat-ttl", "3", "--dataplane", "none"];
+        let mut args = vec![
+            "agent",
+            "--name",
+            name,
+            "--advertise-addr",
+            "127.0.0.1",
+            "--labels",
+            role,
+            "--heartbeat-ttl",
+            "3",
+            "--dataplane",
+            "none",
+        ];
         args.extend(["--etcd-endpoints", &endpoint, "--data-dir", data.to_str().unwrap()]);
         args.extend(network);
         Process::spawn(&args, dir.path().join(log))
     };
-    let web_agent = agent(&web, &web_data, "role=web", &["--network", "namespace", "--bridge", &bridge, "--task-subnet", "10.201.41.0/24"], "web.log");
+    let web_agent = agent(
+        &web,
+        &web_data,
+        "role=web",
+        &["--network", "namespace", "--bridge", &bridge, "--task-subnet", "10.201.41.0/24"],
+        "web.log",
+    );
     let other_agent = agent(&other, &other_data, "role=other", &["--network", "host"], "other.log");
-    let published = wait_until(Duration::from_secs(20), || etcdctl_ok(&endpoint, &["get", "/shoal/keys/secrets", "--print-value-only"]).contains("keyId"));
+    let published = wait_until(Duration::from_secs(20), || {
+        etcdctl_ok(&endpoint, &["get", "/shoal/keys/secrets", "--print-value-only"]).contains("keyId")
+    });
     assert!(published, "the controller did not publish the cluster key");
 
     // The chapter's secret and config, and a legacy app's templated config.
@@ -145,13 +178,27 @@ async fn a_secret_reaches_only_the_node_running_its_task_on_a_tmpfs_in_the_tasks
     shoal(
         &store,
         &[
-            "service", "create", "--name", "web", "--constraint", "node.labels.role==web",
-            "--secret", "db_password",
-            "--config", "source=app.properties,target=/etc/myapp/conf/app.properties,mode=0440",
-            "--config", "source=whoami.conf,target=/etc/whoami/whoami.conf,mode=0400",
-            "-e", "DEMO_SECRET_FILE=/run/secrets/db_password", "-e", "DEMO_LISTEN=0.0.0.0:80",
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--constraint",
+            "node.labels.role==web",
+            "--secret",
+            "db_password",
+            "--config",
+            "source=app.properties,target=/etc/myapp/conf/app.properties,mode=0440",
+            "--config",
+            "source=whoami.conf,target=/etc/whoami/whoami.conf,mode=0400",
+            "-e",
+            "DEMO_SECRET_FILE=/run/secrets/db_password",
+            "-e",
+            "DEMO_LISTEN=0.0.0.0:80",
             // A probe runs in the task's mount namespace too: it sees the file.
-            "--health-cmd", "test -s /run/secrets/db_password", "--health-interval", "300ms",
+            "--health-cmd",
+            "test -s /run/secrets/db_password",
+            "--health-interval",
+            "300ms",
             "shoal/demo:1.0",
         ],
         b"",
@@ -160,14 +207,19 @@ async fn a_secret_reaches_only_the_node_running_its_task_on_a_tmpfs_in_the_tasks
     let logs = [&controller, &web_agent, &other_agent];
     let observation = eventually(Duration::from_secs(60), "the web task to run", &logs, async || {
         let (observations, _) = client.list::<TaskObservation>().await.ok()?;
-        observations.into_iter().find(|o| o.status.as_ref().is_some_and(|s| s.state == TaskState::Running) && o.spec.network == TaskNetwork::Namespace)
+        observations.into_iter().find(|o| {
+            o.status.as_ref().is_some_and(|s| s.state == TaskState::Running) && o.spec.network == TaskNetwork::Namespace
+        })
     })
     .await;
     let address: Ipv4Addr = observation.spec.addresses[0].split_once('/').unwrap().0.parse().unwrap();
     let task_pid = observation.spec.pid.expect("a running task has a pid");
 
     // The demo read the file at /run/secrets/db_password: it reports the size.
-    let body = eventually(Duration::from_secs(10), "the demo to answer", &logs, async || http_get(SocketAddr::from((address, 80)))).await;
+    let body = eventually(Duration::from_secs(10), "the demo to answer", &logs, async || {
+        http_get(SocketAddr::from((address, 80)))
+    })
+    .await;
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["secret_bytes"], SECRET.len(), "{answer}");
     let task_id = observation.metadata.name.clone();
@@ -184,10 +236,16 @@ async fn a_secret_reaches_only_the_node_running_its_task_on_a_tmpfs_in_the_tasks
     let root = PathBuf::from(format!("/proc/{task_pid}/root"));
     assert_eq!(std::fs::read(root.join("run/secrets/db_password")).unwrap(), SECRET.as_bytes());
     assert_eq!(mode_of(&root.join("run/secrets/db_password")), 0o444);
-    assert_eq!(std::fs::read_to_string(root.join("etc/myapp/conf/app.properties")).unwrap(), "username=pguser\nport=5432\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/myapp/conf/app.properties")).unwrap(),
+        "username=pguser\nport=5432\n"
+    );
     assert_eq!(mode_of(&root.join("etc/myapp/conf/app.properties")), 0o440);
     let rendered = std::fs::read_to_string(root.join("etc/whoami/whoami.conf")).unwrap();
-    assert!(rendered == format!("database:\n  db_password: \"{SECRET}\"\n  service: web\n"), "the template did not render as expected");
+    assert!(
+        rendered == format!("database:\n  db_password: \"{SECRET}\"\n  service: web\n"),
+        "the template did not render as expected"
+    );
     assert_eq!(mode_of(&root.join("etc/whoami/whoami.conf")), 0o400);
     // … and none of it on the host.
     for path in ["/run/secrets/db_password", "/etc/myapp", "/etc/whoami"] {
@@ -195,7 +253,12 @@ async fn a_secret_reaches_only_the_node_running_its_task_on_a_tmpfs_in_the_tasks
     }
 
     // Only the node running the task holds a sealed copy.
-    let sealed = |node: &str| etcdctl_ok(&endpoint, &["get", &format!("/shoal/sealedsecrets/{}", SealedSecret::name_for("db_password", node)), "--keys-only"]);
+    let sealed = |node: &str| {
+        etcdctl_ok(
+            &endpoint,
+            &["get", &format!("/shoal/sealedsecrets/{}", SealedSecret::name_for("db_password", node)), "--keys-only"],
+        )
+    };
     assert!(!sealed(&web).trim().is_empty(), "the web node has no sealed copy");
     assert!(sealed(&other).trim().is_empty(), "a node without the task holds a sealed copy");
 
@@ -203,14 +266,20 @@ async fn a_secret_reaches_only_the_node_running_its_task_on_a_tmpfs_in_the_tasks
     let everything = etcdctl_ok(&endpoint, &["get", "--prefix", "/shoal"]);
     let value = SECRET.trim_end();
     assert!(!everything.contains(value), "the secret is in the store in plaintext");
-    assert!(!everything.contains(&shoal_crd::sealing::base64(SECRET.as_bytes())), "the secret is in the store in base64");
+    assert!(
+        !everything.contains(&shoal_crd::sealing::base64(SECRET.as_bytes())),
+        "the secret is in the store in base64"
+    );
     for process in logs {
         assert!(!process.log().contains(value), "a log holds the secret: {}", process.log.display());
     }
 
     // The service goes: so do its task and the sealed copy.
     shoal(&store, &["service", "rm", "web"], b"");
-    eventually(Duration::from_secs(30), "the sealed copy to be deleted", &logs, async || sealed(&web).trim().is_empty().then_some(())).await;
+    eventually(Duration::from_secs(30), "the sealed copy to be deleted", &logs, async || {
+        sealed(&web).trim().is_empty().then_some(())
+    })
+    .await;
     eventually(Duration::from_secs(30), "the task to be gone", &logs, async || {
         let (tasks, _) = client.list::<Task>().await.ok()?;
         tasks.is_empty().then_some(())
@@ -275,14 +344,32 @@ async fn a_rotated_secret_rolls_every_replica_onto_the_new_value_and_env_vars_ca
     );
     let agent = Process::spawn(
         &[
-            "agent", "--name", &node, "--advertise-addr", "127.0.0.1", "--heartbeat-ttl", "3", "--dataplane", "none",
-            "--etcd-endpoints", &endpoint, "--data-dir", data.to_str().unwrap(),
-            "--network", "namespace", "--bridge", &bridge, "--task-subnet", "10.201.42.0/24",
+            "agent",
+            "--name",
+            &node,
+            "--advertise-addr",
+            "127.0.0.1",
+            "--heartbeat-ttl",
+            "3",
+            "--dataplane",
+            "none",
+            "--etcd-endpoints",
+            &endpoint,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--network",
+            "namespace",
+            "--bridge",
+            &bridge,
+            "--task-subnet",
+            "10.201.42.0/24",
         ],
         dir.path().join("agent.log"),
     );
     let logs = [&controller, &agent];
-    let published = wait_until(Duration::from_secs(20), || etcdctl_ok(&endpoint, &["get", "/shoal/keys/secrets", "--print-value-only"]).contains("keyId"));
+    let published = wait_until(Duration::from_secs(20), || {
+        etcdctl_ok(&endpoint, &["get", "/shoal/keys/secrets", "--print-value-only"]).contains("keyId")
+    });
     assert!(published, "the controller did not publish the cluster key");
 
     shoal(&store, &["secret", "create", "db-password", "-"], v1.as_bytes());
@@ -290,16 +377,34 @@ async fn a_rotated_secret_rolls_every_replica_onto_the_new_value_and_env_vars_ca
     shoal(
         &store,
         &[
-            "service", "create", "--name", "web", "--replicas", "4",
-            "--secret", "source=db-password,env=DB_PASSWORD", "--config", "source=app,target=/etc/shoal-app.conf,env=APP_CONF",
-            "-e", "DEMO_SECRET_FILE=/run/secrets/db-password", "-e", "DEMO_LISTEN=0.0.0.0:80",
-            "--update-parallelism", "2", "--update-monitor", "500ms", "--update-delay", "0s",
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "4",
+            "--secret",
+            "source=db-password,env=DB_PASSWORD",
+            "--config",
+            "source=app,target=/etc/shoal-app.conf,env=APP_CONF",
+            "-e",
+            "DEMO_SECRET_FILE=/run/secrets/db-password",
+            "-e",
+            "DEMO_LISTEN=0.0.0.0:80",
+            "--update-parallelism",
+            "2",
+            "--update-monitor",
+            "500ms",
+            "--update-delay",
+            "0s",
             "shoal/demo:1.0",
         ],
         b"",
     );
     let client = connect(&store).await;
-    let pids = eventually(Duration::from_secs(60), "4 tasks seeing v1", &logs, async || every_task_sees(&client, 4, v1).await).await;
+    let pids =
+        eventually(Duration::from_secs(60), "4 tasks seeing v1", &logs, async || every_task_sees(&client, 4, v1).await)
+            .await;
 
     // The env-var form: in the task's environment, not in launch.json nor the agent's log.
     let env = environ(pids[0]);
@@ -314,17 +419,40 @@ async fn a_rotated_secret_rolls_every_replica_onto_the_new_value_and_env_vars_ca
     // Rotation: a new version, the same name and path; every replica rolls onto it.
     let rotated = shoal(&store, &["secret", "rotate", "db-password", "-"], v2.as_bytes());
     assert_eq!(String::from_utf8_lossy(&rotated.stdout).trim(), "db-password v2");
-    let pids = eventually(Duration::from_secs(60), "4 tasks seeing v2", &logs, async || every_task_sees(&client, 4, v2).await).await;
+    let pids =
+        eventually(Duration::from_secs(60), "4 tasks seeing v2", &logs, async || every_task_sees(&client, 4, v2).await)
+            .await;
     assert!(environ(pids[0]).iter().any(|e| e == &format!("DB_PASSWORD={v2}")));
     let events = String::from_utf8_lossy(&shoal(&store, &["events"], b"").stdout).into_owned();
     assert!(events.contains("secret db-password v2: rolling web (4 tasks)"), "no rotation event:\n{events}");
 
     // The chapter's manual method, in one update: never a task without the file.
     shoal(&store, &["secret", "create", "db-password-v2", "-"], v3.as_bytes());
-    shoal(&store, &["service", "update", "--update-order", "start-first", "--secret-rm", "db-password", "--secret-add", "source=db-password-v2,target=db-password", "web"], b"");
-    eventually(Duration::from_secs(60), "4 tasks seeing the new secret", &logs, async || every_task_sees(&client, 4, v3).await).await;
+    shoal(
+        &store,
+        &[
+            "service",
+            "update",
+            "--update-order",
+            "start-first",
+            "--secret-rm",
+            "db-password",
+            "--secret-add",
+            "source=db-password-v2,target=db-password",
+            "web",
+        ],
+        b"",
+    );
+    eventually(Duration::from_secs(60), "4 tasks seeing the new secret", &logs, async || {
+        every_task_sees(&client, 4, v3).await
+    })
+    .await;
     let removed = shoal_with_stdin(&store, &["secret", "rm", "db-password"], b"");
-    assert!(removed.status.success(), "the old secret is no longer in use: {}", String::from_utf8_lossy(&removed.stderr));
+    assert!(
+        removed.status.success(),
+        "the old secret is no longer in use: {}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
 
     let everything = etcdctl_ok(&endpoint, &["get", "--prefix", "/shoal"]);
     for value in [v1, v2, v3] {

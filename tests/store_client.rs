@@ -148,9 +148,14 @@ async fn watcher_lists_then_streams_changes(backend: &StoreUnderTest) {
     store.create(widget("w1", 1)).await.unwrap();
     let mut events = watcher::<Widget>(store.clone());
     let first = next_event(&mut events).await;
-    assert!(matches!(&first, WatchEvent::Restarted(list) if list.len() == 1 && list[0].metadata.name == "w1"), "{first:?}");
+    assert!(
+        matches!(&first, WatchEvent::Restarted(list) if list.len() == 1 && list[0].metadata.name == "w1"),
+        "{first:?}"
+    );
     store.create(widget("w2", 2)).await.unwrap();
-    assert!(matches!(next_event(&mut events).await, WatchEvent::Applied(w) if w.metadata.name == "w2" && w.spec.size == 2));
+    assert!(
+        matches!(next_event(&mut events).await, WatchEvent::Applied(w) if w.metadata.name == "w2" && w.spec.size == 2)
+    );
     store.delete::<Widget>("w1", None).await.unwrap();
     assert!(matches!(next_event(&mut events).await, WatchEvent::Deleted(w) if w.metadata.name == "w1"));
 }
@@ -186,7 +191,12 @@ async fn lease_keys_vanish_when_the_holder_stops(backend: &StoreUnderTest) {
     let store = connect(backend).await;
     let lease = Lease::grant(store.etcd(), 2).await.unwrap();
     let key = store.key_of::<Widget>("leased");
-    let put = shoal_store::proto::PutRequest { key: key.clone().into_bytes(), value: b"x".to_vec(), lease: lease.id(), ..Default::default() };
+    let put = shoal_store::proto::PutRequest {
+        key: key.clone().into_bytes(),
+        value: b"x".to_vec(),
+        lease: lease.id(),
+        ..Default::default()
+    };
     store.etcd().unary(store.etcd().kv().put(put)).await.unwrap();
     // Kept alive past its TTL.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -201,7 +211,8 @@ async fn lease_keys_vanish_when_the_holder_stops(backend: &StoreUnderTest) {
 }
 
 async fn count_keys(store: &Store, key: &str) -> i64 {
-    let range = shoal_store::proto::RangeRequest { key: key.as_bytes().to_vec(), count_only: true, ..Default::default() };
+    let range =
+        shoal_store::proto::RangeRequest { key: key.as_bytes().to_vec(), count_only: true, ..Default::default() };
     store.etcd().unary(store.etcd().kv().range(range)).await.unwrap().count
 }
 

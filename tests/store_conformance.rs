@@ -14,9 +14,9 @@ use shoal_store::proto::{
     response_op::Response as OpResponse,
     watch_create_request::FilterType,
     watch_request::RequestUnion,
-    CompactionRequest, DeleteRangeRequest, EventType, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseRevokeRequest, LeaseTimeToLiveRequest, PutRequest, RangeRequest, TxnRequest,
-    WatchCancelRequest, WatchCreateRequest, WatchProgressRequest,
+    CompactionRequest, DeleteRangeRequest, EventType, LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest,
+    LeaseTimeToLiveRequest, PutRequest, RangeRequest, TxnRequest, WatchCancelRequest, WatchCreateRequest,
+    WatchProgressRequest,
 };
 use shoal_store::server::tonic::Code;
 use support::grpc::{b, compare, connect, get_op, key_of, prefix_end, put_op, WAIT};
@@ -86,7 +86,8 @@ async fn prefix_read_with_limit_reports_more_and_full_count(store: &StoreUnderTe
         c.put(&format!("p/{i}"), &i.to_string()).await;
     }
     c.put("q", "outside").await;
-    let resp = c.range(RangeRequest { key: b("p/"), range_end: prefix_end("p/"), limit: 2, ..Default::default() }).await;
+    let resp =
+        c.range(RangeRequest { key: b("p/"), range_end: prefix_end("p/"), limit: 2, ..Default::default() }).await;
     let keys: Vec<_> = resp.kvs.iter().map(|kv| kv.key.clone()).collect();
     assert_eq!(keys, vec![b("p/1"), b("p/2")]);
     assert!(resp.more);
@@ -113,10 +114,14 @@ async fn keys_only_and_count_only_strip_the_answer(store: &StoreUnderTest) {
     let mut c = connect(store).await;
     c.put("k/a", "va").await;
     c.put("k/b", "vb").await;
-    let keys = c.range(RangeRequest { key: b("k/"), range_end: prefix_end("k/"), keys_only: true, ..Default::default() }).await;
+    let keys = c
+        .range(RangeRequest { key: b("k/"), range_end: prefix_end("k/"), keys_only: true, ..Default::default() })
+        .await;
     assert_eq!(keys.kvs.len(), 2);
     assert!(keys.kvs.iter().all(|kv| kv.value.is_empty() && kv.version == 1));
-    let count = c.range(RangeRequest { key: b("k/"), range_end: prefix_end("k/"), count_only: true, ..Default::default() }).await;
+    let count = c
+        .range(RangeRequest { key: b("k/"), range_end: prefix_end("k/"), count_only: true, ..Default::default() })
+        .await;
     assert!(count.kvs.is_empty());
     assert_eq!(count.count, 2);
 }
@@ -148,22 +153,25 @@ async fn delete_range_returns_prev_kvs_in_one_revision(store: &StoreUnderTest) {
         c.put(k, k).await;
     }
     let before = c.revision().await;
-    let resp = c
-        .kv
-        .delete_range(DeleteRangeRequest { key: b("d/"), range_end: prefix_end("d/"), prev_kv: true })
-        .await
-        .unwrap()
-        .into_inner();
+    let resp =
+        c.kv.delete_range(DeleteRangeRequest { key: b("d/"), range_end: prefix_end("d/"), prev_kv: true })
+            .await
+            .unwrap()
+            .into_inner();
     assert_eq!(resp.deleted, 3);
     assert_eq!(resp.prev_kvs.iter().map(|kv| kv.value.clone()).collect::<Vec<_>>(), vec![b("d/1"), b("d/2"), b("d/3")]);
     assert_eq!(resp.header.unwrap().revision, before + 1);
-    assert_eq!(c.range(RangeRequest { key: b("d/"), range_end: prefix_end("d/"), ..Default::default() }).await.count, 0);
+    assert_eq!(
+        c.range(RangeRequest { key: b("d/"), range_end: prefix_end("d/"), ..Default::default() }).await.count,
+        0
+    );
 }
 
 async fn no_op_writes_do_not_take_a_revision(store: &StoreUnderTest) {
     let mut c = connect(store).await;
     let r = c.put("x", "1").await;
-    let del = c.kv.delete_range(DeleteRangeRequest { key: b("missing"), ..Default::default() }).await.unwrap().into_inner();
+    let del =
+        c.kv.delete_range(DeleteRangeRequest { key: b("missing"), ..Default::default() }).await.unwrap().into_inner();
     assert_eq!((del.deleted, del.header.unwrap().revision), (0, r));
     let guard = compare("x", CompareTarget::Version, CompareResult::Greater, TargetUnion::Version(10));
     let txn = c.txn(TxnRequest { compare: vec![guard], success: vec![put_op("x", "2")], failure: vec![] }).await;
@@ -214,7 +222,11 @@ async fn txn_ops_share_one_revision_and_see_earlier_writes(store: &StoreUnderTes
     let mut c = connect(store).await;
     let before = c.put("t/seed", "0").await;
     let resp = c
-        .txn(TxnRequest { compare: vec![], success: vec![put_op("t/a", "1"), put_op("t/b", "2"), get_op("t/a")], failure: vec![] })
+        .txn(TxnRequest {
+            compare: vec![],
+            success: vec![put_op("t/a", "1"), put_op("t/b", "2"), get_op("t/a")],
+            failure: vec![],
+        })
         .await;
     assert!(resp.succeeded);
     assert_eq!(resp.header.unwrap().revision, before + 1);
@@ -249,10 +261,16 @@ async fn compacted_and_future_revisions_are_out_of_range(store: &StoreUnderTest)
     c.kv.compact(CompactionRequest { revision: r2, physical: true }).await.unwrap();
     let at = |revision| RangeRequest { key: b("c"), revision, ..Default::default() };
     let err = c.kv.range(at(r1)).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted")
+    );
     assert_eq!(c.range(at(r2)).await.kvs[0].value, b("2"), "the compaction revision itself stays readable");
     let err = c.kv.range(at(r2 + 100)).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision")
+    );
     let err = c.kv.compact(CompactionRequest { revision: r2, physical: false }).await.unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange);
     assert_eq!(c.get("c").await.kvs[0].value, b("3"));
@@ -260,11 +278,10 @@ async fn compacted_and_future_revisions_are_out_of_range(store: &StoreUnderTest)
 
 async fn put_with_unknown_lease_is_not_found(store: &StoreUnderTest) {
     let mut c = connect(store).await;
-    let err = c
-        .kv
-        .put(PutRequest { key: b("l"), value: b("v"), lease: 0x1234_5678, ..Default::default() })
-        .await
-        .unwrap_err();
+    let err =
+        c.kv.put(PutRequest { key: b("l"), value: b("v"), lease: 0x1234_5678, ..Default::default() })
+            .await
+            .unwrap_err();
     assert_eq!((err.code(), err.message()), (Code::NotFound, "etcdserver: requested lease not found"));
     assert!(c.get("l").await.kvs.is_empty());
 }
@@ -277,7 +294,13 @@ async fn watch_from_a_past_revision_replays_history(store: &StoreUnderTest) {
     c.put("h/b", "1").await;
     c.kv.delete_range(DeleteRangeRequest { key: b("h/a"), ..Default::default() }).await.unwrap();
     let mut w = c.watch();
-    w.create(WatchCreateRequest { key: b("h/"), range_end: prefix_end("h/"), start_revision: r1, ..Default::default() }).await;
+    w.create(WatchCreateRequest {
+        key: b("h/"),
+        range_end: prefix_end("h/"),
+        start_revision: r1,
+        ..Default::default()
+    })
+    .await;
     let events = w.events(3).await;
     let seen: Vec<_> = events.iter().map(|(_, e)| (key_of(e), e.r#type, e.kv.as_ref().unwrap().mod_revision)).collect();
     let (put, del) = (EventType::Put as i32, EventType::Delete as i32);
@@ -291,13 +314,20 @@ async fn watch_from_a_past_revision_replays_history(store: &StoreUnderTest) {
 async fn watch_prefix_streams_live_events_in_order(store: &StoreUnderTest) {
     let mut c = connect(store).await;
     let mut w = c.watch();
-    let id = w.create(WatchCreateRequest { key: b("live/"), range_end: prefix_end("live/"), ..Default::default() }).await;
+    let id =
+        w.create(WatchCreateRequest { key: b("live/"), range_end: prefix_end("live/"), ..Default::default() }).await;
     let first = c.put("live/0", "v").await;
     c.put("elsewhere", "v").await;
     for i in 1..20 {
         c.put(&format!("live/{i}"), "v").await;
     }
-    let txn = c.txn(TxnRequest { compare: vec![], success: vec![put_op("live/t1", "v"), put_op("live/t2", "v")], failure: vec![] }).await;
+    let txn = c
+        .txn(TxnRequest {
+            compare: vec![],
+            success: vec![put_op("live/t1", "v"), put_op("live/t2", "v")],
+            failure: vec![],
+        })
+        .await;
     let txn_rev = txn.header.unwrap().revision;
     let events = w.events(22).await;
     assert!(events.iter().all(|(wid, _)| *wid == id));
@@ -313,7 +343,12 @@ async fn watch_with_prev_kv_and_noput_filter(store: &StoreUnderTest) {
     let mut w = c.watch();
     let all = w.create(WatchCreateRequest { key: b("pk"), prev_kv: true, ..Default::default() }).await;
     let deletes = w
-        .create(WatchCreateRequest { key: b("pk"), filters: vec![FilterType::Noput as i32], watch_id: 77, ..Default::default() })
+        .create(WatchCreateRequest {
+            key: b("pk"),
+            filters: vec![FilterType::Noput as i32],
+            watch_id: 77,
+            ..Default::default()
+        })
         .await;
     assert_eq!(deletes, 77, "a client-chosen watch id is honoured");
     c.put("pk", "one").await;
@@ -445,7 +480,10 @@ async fn lease_grant_keepalive_ttl_and_revoke_deletes_keys(store: &StoreUnderTes
     let before = c.revision().await;
     let revoked = c.lease.lease_revoke(LeaseRevokeRequest { id }).await.unwrap().into_inner();
     assert_eq!(revoked.header.unwrap().revision, before + 1, "both keys go in one revision");
-    assert_eq!(c.range(RangeRequest { key: b("ls/"), range_end: prefix_end("ls/"), ..Default::default() }).await.count, 0);
+    assert_eq!(
+        c.range(RangeRequest { key: b("ls/"), range_end: prefix_end("ls/"), ..Default::default() }).await.count,
+        0
+    );
     let gone = c.lease.lease_time_to_live(LeaseTimeToLiveRequest { id, keys: false }).await.unwrap().into_inner();
     assert_eq!(gone.ttl, -1);
     let err = c.lease.lease_revoke(LeaseRevokeRequest { id }).await.unwrap_err();

@@ -51,7 +51,9 @@ fn create(cluster: &Cluster, name: &str, replicas: u64, flags: &[&str]) {
     args.extend(flags);
     args.push(V1);
     cluster.shoal_ok(&args);
-    cluster.wait_until(CONVERGE, &format!("{replicas} replicas of {name} running"), |c| c.running(name).len() == replicas.parse::<usize>().unwrap());
+    cluster.wait_until(CONVERGE, &format!("{replicas} replicas of {name} running"), |c| {
+        c.running(name).len() == replicas.parse::<usize>().unwrap()
+    });
 }
 
 /// Running tasks per image.
@@ -125,7 +127,11 @@ fn the_chapters_walk_through_replaces_ten_tasks_two_at_a_time_and_rolls_back_by_
     let (out, fewest) = while_watching(&cluster, "web", &["service", "update", "--image", V2, "web"]);
     assert!(out.status.success(), "service update failed\n{}\n{}", text(&out), cluster.dump());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("overall progress: 10 out of 10 tasks") && stdout.contains("verify: Service converged"), "{}", text(&out));
+    assert!(
+        stdout.contains("overall progress: 10 out of 10 tasks") && stdout.contains("verify: Service converged"),
+        "{}",
+        text(&out)
+    );
     assert!(fewest >= 8, "stop-first with parallelism 2 ran only {fewest} of 10 tasks at one point");
     cluster.wait_until(CONVERGE, "10 tasks on 2.0", |c| all_on(c, "web", V2, 10));
     assert_eq!(update_state(&cluster, "web"), "completed");
@@ -183,12 +189,20 @@ fn a_failed_update_pauses_with_a_message_and_the_next_update_resumes() {
     create(&cluster, "web", 3, &[]);
     let out = cluster.shoal(&["service", "update", "--image", V2, "--env-add", "DEMO_FAIL_START=1", "web"]);
     assert!(!out.status.success(), "a paused update must fail the command\n{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("update paused due to failure or early termination of task"), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("update paused due to failure or early termination of task"),
+        "{}",
+        text(&out)
+    );
     let service = inspect(&cluster, "web");
     assert_eq!(service["status"]["updateStatus"]["state"], "paused", "{service:#}");
     let ls = cluster.shoal_ok(&["service", "ls"]);
     assert!(ls.contains("(paused)"), "{ls}");
-    assert!(images(&cluster.tasks("web")).get(V1).copied().unwrap_or(0) >= 2, "parallelism 1: the other tasks stay\n{}", cluster.dump());
+    assert!(
+        images(&cluster.tasks("web")).get(V1).copied().unwrap_or(0) >= 2,
+        "parallelism 1: the other tasks stay\n{}",
+        cluster.dump()
+    );
 
     let fixed = cluster.shoal(&["service", "update", "--env-rm", "DEMO_FAIL_START", "web"]);
     assert!(fixed.status.success(), "the next update resumes\n{}\n{}", text(&fixed), cluster.dump());
@@ -205,7 +219,9 @@ fn an_update_survives_the_controller_being_killed_midway() {
     let started = inspect(&cluster, "web")["status"]["updateStatus"]["startedAt"].clone();
     assert!(images(&cluster.tasks("web")).get(V1).is_some_and(|n| *n >= 2), "not midway any more\n{}", cluster.dump());
     cluster.restart_controller();
-    cluster.wait_until(CONVERGE, "4 tasks on 2.0 after the restart", |c| all_on(c, "web", V2, 4) && update_state(c, "web") == "completed");
+    cluster.wait_until(CONVERGE, "4 tasks on 2.0 after the restart", |c| {
+        all_on(c, "web", V2, 4) && update_state(c, "web") == "completed"
+    });
     assert_eq!(inspect(&cluster, "web")["status"]["updateStatus"]["startedAt"], started, "the same update continued");
 }
 
@@ -215,7 +231,16 @@ fn an_update_survives_the_controller_being_killed_midway() {
 /// `retries` failures in a row make the task unhealthy.
 fn health(guard: &str, retries: u64) -> Vec<String> {
     let probe = format!("{guard}shoal demo probe --timeout 1s http://$(cat demo.addr)/health");
-    let flags = ["-e", "DEMO_ADDR_FILE=demo.addr", "--health-cmd", &probe, "--health-interval", "300ms", "--health-timeout", "2s"];
+    let flags = [
+        "-e",
+        "DEMO_ADDR_FILE=demo.addr",
+        "--health-cmd",
+        &probe,
+        "--health-interval",
+        "300ms",
+        "--health-timeout",
+        "2s",
+    ];
     flags.iter().map(|f| f.to_string()).chain(["--health-retries".into(), retries.to_string()]).collect()
 }
 
@@ -243,19 +268,34 @@ fn ready_on(cluster: &Cluster, name: &str, image: &str) -> usize {
 fn a_release_that_never_turns_healthy_is_rolled_back_on_its_own() {
     let cluster = Cluster::start(Backend::Embedded, &[""]);
     let probe = health("", 3);
-    create(&cluster, "web", 4, &with_health(&probe, &["--update-parallelism", "2", "--update-failure-action", "rollback", "--rollback-parallelism", "0"]));
+    create(
+        &cluster,
+        "web",
+        4,
+        &with_health(
+            &probe,
+            &["--update-parallelism", "2", "--update-failure-action", "rollback", "--rollback-parallelism", "0"],
+        ),
+    );
     cluster.wait_until(CONVERGE, "4 healthy tasks on 1.0", |c| ready_on(c, "web", V1) == 4);
 
     let out = cluster.shoal(&["service", "update", "--image", V2, "--env-add", "DEMO_UNHEALTHY_AFTER=0s", "web"]);
     assert!(!out.status.success(), "a rolled back update must fail the command\n{}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("update rolled back due to failure or early termination of task"), "{}", text(&out));
-    cluster.wait_until(CONVERGE, "4 healthy tasks back on 1.0", |c| ready_on(c, "web", V1) == 4 && all_on(c, "web", V1, 4));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("update rolled back due to failure or early termination of task"),
+        "{}",
+        text(&out)
+    );
+    cluster.wait_until(CONVERGE, "4 healthy tasks back on 1.0", |c| {
+        ready_on(c, "web", V1) == 4 && all_on(c, "web", V1, 4)
+    });
     let service = inspect(&cluster, "web");
     assert_eq!(service["status"]["updateStatus"]["state"], "rollback_completed", "{service:#}");
     assert_eq!(service["spec"]["image"], V1);
     assert!(service["spec"]["env"].get("DEMO_UNHEALTHY_AFTER").is_none(), "the whole spec is rolled back: {service:#}");
     let rows = cluster.tasks("web");
-    let sick = rows.iter().filter(|r| r.task.spec.spec.image == V2).filter_map(status).find(|s| s.state == TaskState::Failed);
+    let sick =
+        rows.iter().filter(|r| r.task.spec.spec.image == V2).filter_map(status).find(|s| s.state == TaskState::Failed);
     let sick = sick.unwrap_or_else(|| panic!("no task of 2.0 failed\n{}", cluster.dump()));
     assert_eq!(sick.message, "task: unhealthy container", "{sick:?}");
     assert_eq!(sick.health.as_ref().map(|h| h.status), Some(HealthStatus::Unhealthy), "{sick:?}");
@@ -265,14 +305,22 @@ fn a_release_that_never_turns_healthy_is_rolled_back_on_its_own() {
 fn continue_finishes_despite_failures_and_max_failure_ratio_decides_when_to_pause() {
     let cluster = Cluster::start(Backend::Embedded, &[""]);
     // The new release's probe fails in slots above 1 or 2; failed tasks stay failed.
-    let (above_1, above_2) = (health(r#"[ "$SHOAL_TASK_SLOT" -le 1 ] && "#, 2), health(r#"[ "$SHOAL_TASK_SLOT" -le 2 ] && "#, 2));
+    let (above_1, above_2) =
+        (health(r#"[ "$SHOAL_TASK_SLOT" -le 1 ] && "#, 2), health(r#"[ "$SHOAL_TASK_SLOT" -le 2 ] && "#, 2));
     let common = ["--update-parallelism", "0", "--restart-condition", "none"];
     let plain = health("", 2);
-    create(&cluster, "cont", 2, &with_health(&plain, &[&common[..], &["--update-failure-action", "continue"]].concat()));
+    create(
+        &cluster,
+        "cont",
+        2,
+        &with_health(&plain, &[&common[..], &["--update-failure-action", "continue"]].concat()),
+    );
     create(&cluster, "below", 4, &with_health(&plain, &[&common[..], &["--update-max-failure-ratio", "0.5"]].concat()));
     create(&cluster, "above", 3, &with_health(&plain, &[&common[..], &["--update-max-failure-ratio", "0.5"]].concat()));
     for (name, replicas) in [("cont", 2), ("below", 4), ("above", 3)] {
-        cluster.wait_until(CONVERGE, &format!("{replicas} healthy tasks of {name}"), |c| ready_on(c, name, V1) == replicas);
+        cluster.wait_until(CONVERGE, &format!("{replicas} healthy tasks of {name}"), |c| {
+            ready_on(c, name, V1) == replicas
+        });
     }
 
     let releases = [("cont", &above_1, "1 of 2"), ("below", &above_2, "2 of 4"), ("above", &above_1, "2 of 3")];
@@ -281,14 +329,22 @@ fn continue_finishes_despite_failures_and_max_failure_ratio_decides_when_to_paus
         cluster.shoal_ok(&["service", "update", "--detach", "--image", V2, "--health-cmd", probe_cmd, name]);
     }
     let settled = |c: &Cluster, name: &str| ["completed", "paused"].contains(&update_state(c, name).as_str());
-    cluster.wait_until(CONVERGE, "every update completed or paused", |c| releases.iter().all(|(name, ..)| settled(c, name)));
+    cluster.wait_until(CONVERGE, "every update completed or paused", |c| {
+        releases.iter().all(|(name, ..)| settled(c, name))
+    });
     for (name, _, failing) in releases {
         let update = inspect(&cluster, name)["status"]["updateStatus"].clone();
         let failed = update["failed"].as_array().map_or(0, Vec::len);
         match name {
             "above" => {
                 assert_eq!(update["state"], "paused", "{failing} failed is above 0.5: {update:#}");
-                assert!(update["message"].as_str().unwrap().contains("update paused due to failure or early termination of task"), "{update:#}");
+                assert!(
+                    update["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("update paused due to failure or early termination of task"),
+                    "{update:#}"
+                );
             }
             _ => {
                 assert_eq!(update["state"], "completed", "{name}: {failing} failed is within its limit: {update:#}");
@@ -298,7 +354,12 @@ fn continue_finishes_despite_failures_and_max_failure_ratio_decides_when_to_paus
         }
     }
     assert_eq!(ready_on(&cluster, "cont", V2), 1, "the healthy slot of cont runs the new release\n{}", cluster.dump());
-    assert_eq!(ready_on(&cluster, "below", V2), 2, "the healthy slots of below run the new release\n{}", cluster.dump());
+    assert_eq!(
+        ready_on(&cluster, "below", V2),
+        2,
+        "the healthy slots of below run the new release\n{}",
+        cluster.dump()
+    );
 }
 
 #[test]
@@ -320,21 +381,33 @@ fn a_probe_failing_briefly_replaces_nothing_and_one_failing_for_good_replaces_it
     assert!(seen.log.iter().any(|p| p.exit_code != 0), "no probe failed while `sick` was there: {seen:?}");
     std::thread::sleep(Duration::from_secs(2));
     let after = cluster.tasks("web");
-    let same = after.iter().find(|r| r.id() == brief.id()).unwrap_or_else(|| panic!("task {} is gone\n{}", brief.id(), cluster.dump()));
-    assert!(is_ready(same) && same.pid() == brief.pid(), "a transient failure must leave the task alone\n{}", cluster.dump());
+    let same = after
+        .iter()
+        .find(|r| r.id() == brief.id())
+        .unwrap_or_else(|| panic!("task {} is gone\n{}", brief.id(), cluster.dump()));
+    assert!(
+        is_ready(same) && same.pid() == brief.pid(),
+        "a transient failure must leave the task alone\n{}",
+        cluster.dump()
+    );
     assert_eq!(status(same).and_then(|s| s.health.as_ref()).map(|h| h.failing_streak), Some(0));
     assert_eq!(after.len(), 2, "no task was replaced\n{}", cluster.dump());
 
     std::fs::write(sick_file(lasting), "").unwrap();
     cluster.wait_until(CONVERGE, "the sick task replaced by a healthy one", |c| {
         let rows = c.tasks("web");
-        let failed = rows.iter().find(|r| r.id() == lasting.id()).and_then(status).is_some_and(|s| s.state == TaskState::Failed);
+        let failed =
+            rows.iter().find(|r| r.id() == lasting.id()).and_then(status).is_some_and(|s| s.state == TaskState::Failed);
         failed && rows.iter().filter(|r| is_ready(r)).count() == 2
     });
     let rows = cluster.tasks("web");
     let ended = rows.iter().find(|r| r.id() == lasting.id()).and_then(status).unwrap();
     assert_eq!(ended.message, "task: unhealthy container", "{ended:?}");
-    assert!(rows.iter().any(|r| r.id() == brief.id() && is_ready(r)), "the other task was left alone\n{}", cluster.dump());
+    assert!(
+        rows.iter().any(|r| r.id() == brief.id() && is_ready(r)),
+        "the other task was left alone\n{}",
+        cluster.dump()
+    );
 }
 
 #[test]
@@ -356,7 +429,15 @@ fn a_task_stuck_in_starting_fails_the_update_at_its_progress_deadline() {
     let update = inspect(&cluster, "web")["status"]["updateStatus"].clone();
     assert_eq!(update["state"], "paused", "{update:#}");
     let rows = cluster.tasks("web");
-    let stuck = rows.iter().find(|r| r.task.spec.spec.image == V2 && r.is_running()).unwrap_or_else(|| panic!("no task of 2.0 runs\n{}", cluster.dump()));
-    assert_eq!(status(stuck).and_then(|s| s.health.as_ref()).map(|h| h.status), Some(HealthStatus::Starting), "{}", cluster.dump());
+    let stuck = rows
+        .iter()
+        .find(|r| r.task.spec.spec.image == V2 && r.is_running())
+        .unwrap_or_else(|| panic!("no task of 2.0 runs\n{}", cluster.dump()));
+    assert_eq!(
+        status(stuck).and_then(|s| s.health.as_ref()).map(|h| h.status),
+        Some(HealthStatus::Starting),
+        "{}",
+        cluster.dump()
+    );
     assert_eq!(ready_on(&cluster, "web", V1), 1, "parallelism 1: the other task stays\n{}", cluster.dump());
 }

@@ -39,17 +39,33 @@ const RESYNC: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("cannot create the agent's data dir {path}: {source}")]
-    DataDir { path: String, #[source] source: std::io::Error },
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read or create the node's key {path}: {source}")]
-    NodeKey { path: String, #[source] source: std::io::Error },
+    NodeKey {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot register node {name}: {source}")]
-    Register { name: String, #[source] source: StoreError },
+    Register {
+        name: String,
+        #[source]
+        source: StoreError,
+    },
 }
 
 /// Registers the node, retrying while the store is unreachable or slow (an
 /// agent may start before its store, or ride out a store restart), with
 /// backoff up to 10 s. Other errors end the agent.
-async fn register_with_retry(store: &Store, config: &AgentConfig, facts: &NodeFacts) -> Result<shoal_crd::Node, AgentError> {
+async fn register_with_retry(
+    store: &Store,
+    config: &AgentConfig,
+    facts: &NodeFacts,
+) -> Result<shoal_crd::Node, AgentError> {
     let mut delay = Duration::from_millis(250);
     loop {
         match register(store, &config.name, facts, &config.labels).await {
@@ -67,9 +83,11 @@ async fn register_with_retry(store: &Store, config: &AgentConfig, facts: &NodeFa
 /// Runs the agent until `shutdown` resolves. Tasks keep running after it
 /// returns; the heartbeat is revoked so the node shows down at once.
 pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir { path: config.data_dir.display().to_string(), source })?;
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|source| AgentError::DataDir { path: config.data_dir.display().to_string(), source })?;
     let key_path = config.data_dir.join(NODE_KEY_FILE);
-    let node_keys = KeyFile::load_or_create(&key_path).map_err(|source| AgentError::NodeKey { path: key_path.display().to_string(), source })?;
+    let node_keys = KeyFile::load_or_create(&key_path)
+        .map_err(|source| AgentError::NodeKey { path: key_path.display().to_string(), source })?;
     let facts = NodeFacts::gather(&config.advertise_addr).with_sealing_key(node_keys.current().public());
     tokio::pin!(shutdown);
     let node = tokio::select! {
@@ -181,7 +199,9 @@ async fn attach_bridge(store: &Store, config: &AgentConfig, runtime: &ProcessRun
             tracing::info!(bridge = %bridge.name(), subnet = %subnet, gateway = %bridge.gateway(), "task bridge up: each task gets its own network namespace");
             runtime.use_bridge(bridge);
         }
-        Ok(Err(err)) => tracing::error!(bridge = %bridge.name(), error = %err, "cannot set up the task bridge; tasks use the host network"),
+        Ok(Err(err)) => {
+            tracing::error!(bridge = %bridge.name(), error = %err, "cannot set up the task bridge; tasks use the host network")
+        }
         Err(err) => tracing::error!(error = %err, "setting up the task bridge panicked; tasks use the host network"),
     }
     true
@@ -190,7 +210,10 @@ async fn attach_bridge(store: &Store, config: &AgentConfig, runtime: &ProcessRun
 /// Tears the bridge and its nftables table down unless a task still holds
 /// an address on it (it keeps running for the next agent).
 fn remove_bridge_if_unused(bridge: &Bridge, runtime: &ProcessRuntime) {
-    let in_use = runtime.list().map(|ids| ids.iter().any(|id| runtime.network(id).network == TaskNetwork::Namespace)).unwrap_or(true);
+    let in_use = runtime
+        .list()
+        .map(|ids| ids.iter().any(|id| runtime.network(id).network == TaskNetwork::Namespace))
+        .unwrap_or(true);
     if in_use {
         tracing::info!(bridge = %bridge.name(), "tasks still hold addresses: the bridge stays up");
         return;

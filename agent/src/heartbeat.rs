@@ -17,7 +17,9 @@ use serde_json::json;
 use shoal_store::client::lease::Lease;
 use shoal_store::client::resources::compare_mod_revision;
 use shoal_store::client::{Store, StoreError};
-use shoal_store::proto::{request_op::Request as Op, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use shoal_store::proto::{
+    request_op::Request as Op, LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+};
 use tokio::task::JoinHandle;
 
 /// How often the keep-alive's health is checked.

@@ -53,7 +53,11 @@ pub enum ImageError {
     #[error("image {0} has no command: set an entrypoint or command on the service, or in the catalog")]
     NoCommand(String),
     #[error("cannot read the image catalog {path}: {source}")]
-    ReadCatalog { path: PathBuf, #[source] source: std::io::Error },
+    ReadCatalog {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid image catalog {path}: {message}")]
     ParseCatalog { path: PathBuf, message: String },
 }
@@ -97,8 +101,10 @@ impl ImageCatalog {
 
     /// Adds the entries of a catalog file (they win over built-ins).
     pub fn with_file(mut self, path: &Path) -> Result<Self, ImageError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ImageError::ReadCatalog { path: path.into(), source })?;
-        let entries = parse_catalog(&text).map_err(|message| ImageError::ParseCatalog { path: path.into(), message })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ImageError::ReadCatalog { path: path.into(), source })?;
+        let entries =
+            parse_catalog(&text).map_err(|message| ImageError::ParseCatalog { path: path.into(), message })?;
         self.entries.extend(entries);
         Ok(self)
     }

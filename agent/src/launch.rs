@@ -66,7 +66,18 @@ pub fn build(task: &Task, image: ResolvedImage, defaults: &LaunchDefaults) -> Re
         }
         None => (None, None),
     };
-    Ok(Launch { argv: image.argv, env, cwd, uid, gid, log_max_bytes: defaults.log_max_bytes, log_keep: defaults.log_keep, netns: None, files: Vec::new(), env_from_stdin: Vec::new() })
+    Ok(Launch {
+        argv: image.argv,
+        env,
+        cwd,
+        uid,
+        gid,
+        log_max_bytes: defaults.log_max_bytes,
+        log_keep: defaults.log_keep,
+        netns: None,
+        files: Vec::new(),
+        env_from_stdin: Vec::new(),
+    })
 }
 
 /// `uid[:gid]` or `name[:group]` → numeric ids, names looked up in the given files.
@@ -79,7 +90,8 @@ pub fn resolve_user(user: &str, passwd: &Path, group: &Path) -> Result<(Option<u
         Ok(uid) => (uid, None),
         Err(_) => {
             let fields = lookup(passwd, user_part).ok_or_else(|| LaunchError::UnknownUser(user_part.into()))?;
-            let uid = fields.get(2).and_then(|f| f.parse().ok()).ok_or_else(|| LaunchError::UnknownUser(user_part.into()))?;
+            let uid =
+                fields.get(2).and_then(|f| f.parse().ok()).ok_or_else(|| LaunchError::UnknownUser(user_part.into()))?;
             (uid, fields.get(3).and_then(|f| f.parse().ok()))
         }
     };

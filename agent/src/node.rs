@@ -27,7 +27,8 @@ pub struct NodeFacts {
 impl NodeFacts {
     /// Reads this machine's facts; `addr` is the advertised address.
     pub fn gather(addr: &str) -> Self {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+        let hostname =
+            std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
         let memory = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| mem_total(&m)).unwrap_or_default();
         Self {
             hostname,
@@ -70,7 +71,12 @@ fn mem_total(meminfo: &str) -> Option<u64> {
 }
 
 /// Creates the Node `name` if absent, else brings its facts up to date.
-pub async fn register(store: &Store, name: &str, facts: &NodeFacts, labels: &BTreeMap<String, String>) -> Result<Node, StoreError> {
+pub async fn register(
+    store: &Store,
+    name: &str,
+    facts: &NodeFacts,
+    labels: &BTreeMap<String, String>,
+) -> Result<Node, StoreError> {
     loop {
         let result = match store.get::<Node>(name).await? {
             None => {

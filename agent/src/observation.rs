@@ -41,7 +41,15 @@ impl ObservationWriter {
     /// Reads the task's current observation, if any.
     pub async fn load(store: Store, task_id: &str, node: &str) -> Result<Self, StoreError> {
         let current = store.get::<TaskObservation>(task_id).await?;
-        Ok(Self { store, name: task_id.into(), node: node.into(), network: NetworkInfo::default(), log_dir: None, health: None, current })
+        Ok(Self {
+            store,
+            name: task_id.into(),
+            node: node.into(),
+            network: NetworkInfo::default(),
+            log_dir: None,
+            health: None,
+            current,
+        })
     }
 
     /// Sets the network the next writes report (the runtime's facts).
@@ -132,7 +140,9 @@ impl ObservationWriter {
                     if attempt % 10 == 1 {
                         tracing::warn!(task = %self.name, error = %err, "writing the task observation failed; retrying");
                     }
-                    if !err.is_conflict() && !matches!(err, StoreError::AlreadyExists { .. } | StoreError::NotFound { .. }) {
+                    if !err.is_conflict()
+                        && !matches!(err, StoreError::AlreadyExists { .. } | StoreError::NotFound { .. })
+                    {
                         tokio::time::sleep(RETRY).await;
                     }
                     if let Ok(current) = self.store.get::<TaskObservation>(&self.name).await {

@@ -29,11 +29,19 @@ use crate::taskdir::{ExitRecord, PidRecord, TaskDir};
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
     #[error("cannot read {dir}/launch.json: {source}")]
-    ReadLaunch { dir: PathBuf, #[source] source: std::io::Error },
+    ReadLaunch {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{dir}/launch.json is missing")]
     NoLaunch { dir: PathBuf },
     #[error("cannot record the task's state in {dir}: {source}")]
-    Record { dir: PathBuf, #[source] source: std::io::Error },
+    Record {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs the task described in `dir` to its end. Blocks.
@@ -54,7 +62,11 @@ pub fn run(dir: PathBuf) -> Result<(), ShimError> {
     } else {
         match crate::files::decode_payload(std::io::stdin().lock(), launch.payload_len()) {
             Ok(contents) => contents,
-            Err(err) => return task.write_exit(&failure(format!("cannot read the task's configs and secrets from the agent: {err}"))).map_err(record),
+            Err(err) => {
+                return task
+                    .write_exit(&failure(format!("cannot read the task's configs and secrets from the agent: {err}")))
+                    .map_err(record)
+            }
         }
     };
     let exposed = contents.split_off(launch.files.len());
@@ -62,14 +74,18 @@ pub fn run(dir: PathBuf) -> Result<(), ShimError> {
         // The task is forked from this thread, so it starts inside. Not in
         // `pre_exec`: std runs that after setuid, and setns needs root.
         if let Err(err) = sys::enter_netns(netns) {
-            return task.write_exit(&failure(format!("cannot enter the network namespace {}: {err}", netns.display()))).map_err(record);
+            return task
+                .write_exit(&failure(format!("cannot enter the network namespace {}: {err}", netns.display())))
+                .map_err(record);
         }
     }
     if !launch.files.is_empty() {
         // Same thread as the spawn below: the task starts in this namespace.
         let files: Vec<_> = launch.files.iter().cloned().zip(contents).collect();
         if let Err(err) = crate::files::mount::place(&files, &task.file("mnt")) {
-            return task.write_exit(&failure(format!("cannot mount the task's configs and secrets: {err}"))).map_err(record);
+            return task
+                .write_exit(&failure(format!("cannot mount the task's configs and secrets: {err}")))
+                .map_err(record);
         }
     }
     let env = crate::launch::process_env(&launch);
@@ -78,7 +94,13 @@ pub fn run(dir: PathBuf) -> Result<(), ShimError> {
         .args(args)
         .env_clear()
         .envs(&env)
-        .envs(launch.env_from_stdin.iter().zip(&exposed).map(|(name, value)| (name, std::ffi::OsStr::from_bytes(&value.0))))
+        .envs(
+            launch
+                .env_from_stdin
+                .iter()
+                .zip(&exposed)
+                .map(|(name, value)| (name, std::ffi::OsStr::from_bytes(&value.0))),
+        )
         .current_dir(&launch.cwd)
         .process_group(0)
         .stdin(Stdio::null())
@@ -114,7 +136,9 @@ pub fn run(dir: PathBuf) -> Result<(), ShimError> {
         }));
     }
     let exit = match child.wait() {
-        Ok(status) => ExitRecord { code: status.code(), signal: status.signal(), error: None, finished_at: Some(Utc::now()) },
+        Ok(status) => {
+            ExitRecord { code: status.code(), signal: status.signal(), error: None, finished_at: Some(Utc::now()) }
+        }
         Err(err) => failure(format!("waiting for the task process failed: {err}")),
     };
     // Record the exit before draining the logs: a grandchild that keeps the

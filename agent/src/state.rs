@@ -83,7 +83,8 @@ mod tests {
 
     #[test]
     fn a_task_wanted_running_walks_swarms_states_one_step_at_a_time() {
-        let path: Vec<Step> = [Assigned, Accepted, Preparing, Starting, Running].iter().map(|&s| next_step(s, Running)).collect();
+        let path: Vec<Step> =
+            [Assigned, Accepted, Preparing, Starting, Running].iter().map(|&s| next_step(s, Running)).collect();
         assert_eq!(path, [Step::Accept, Step::Prepare, Step::Start, Step::Wait, Step::Wait]);
     }
 

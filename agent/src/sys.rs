@@ -69,7 +69,8 @@ pub fn enter_mntns(path: &std::path::Path) -> io::Result<()> {
     let file = std::fs::File::open(path)?;
     // SAFETY: unshare(2) and setns(2) have no memory-safety preconditions;
     // both affect only the calling thread.
-    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 || unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
+    if unsafe { libc::unshare(libc::CLONE_FS) } != 0 || unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNS) } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())

@@ -99,8 +99,20 @@ impl<R: Runtime> Worker<R> {
             let desired = task.spec.desired_state;
             match next_step(self.state, desired) {
                 Step::Accept => match self.ctx.catalog.resolve(&task.spec.spec) {
-                    Ok(_) => self.report(&task, Report { state: TaskState::Accepted, message: "accepted".into(), ..Default::default() }).await,
-                    Err(err) => self.report(&task, Report { state: TaskState::Rejected, message: err.to_string(), ..Default::default() }).await,
+                    Ok(_) => {
+                        self.report(
+                            &task,
+                            Report { state: TaskState::Accepted, message: "accepted".into(), ..Default::default() },
+                        )
+                        .await
+                    }
+                    Err(err) => {
+                        self.report(
+                            &task,
+                            Report { state: TaskState::Rejected, message: err.to_string(), ..Default::default() },
+                        )
+                        .await
+                    }
                 },
                 Step::Prepare => self.prepare(&task).await,
                 Step::Start => self.start(&task).await,
@@ -117,7 +129,17 @@ impl<R: Runtime> Worker<R> {
                     let exit = self.stop(Some(&task)).await;
                     self.exited(&task, exit, true).await;
                 }
-                Step::Cancel => self.report(&task, Report { state: TaskState::Shutdown, message: "shutdown before it started".into(), ..Default::default() }).await,
+                Step::Cancel => {
+                    self.report(
+                        &task,
+                        Report {
+                            state: TaskState::Shutdown,
+                            message: "shutdown before it started".into(),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                }
                 Step::Idle => {
                     if desired == TaskState::Remove {
                         self.remove_files();
@@ -133,16 +155,25 @@ impl<R: Runtime> Worker<R> {
     /// Picks up after an earlier agent: runtime facts first, then the last observation.
     async fn recover(&mut self, task: &Task) {
         self.observation.attach(self.ctx.runtime.network(&self.id));
-        let observed_health = self.observation.current_for(&task.metadata.uid).and_then(|o| o.status.as_ref()?.health.clone());
+        let observed_health =
+            self.observation.current_for(&task.metadata.uid).and_then(|o| o.status.as_ref()?.health.clone());
         self.observation.set_health(observed_health);
-        let observed = self.observation.current_for(&task.metadata.uid).and_then(|o| o.status.as_ref().map(|s| (s.state, o.spec.pid)));
+        let observed = self
+            .observation
+            .current_for(&task.metadata.uid)
+            .and_then(|o| o.status.as_ref().map(|s| (s.state, o.spec.pid)));
         let inspection = self.ctx.runtime.inspect(&self.id).unwrap_or(Inspection::Absent);
         self.state = match (observed, inspection) {
             (Some((state, _)), _) if state.is_terminal() => state,
             (observed, Inspection::Running(pid)) => {
                 self.state = TaskState::Running;
                 if observed != Some((TaskState::Running, Some(pid.pid))) {
-                    let report = Report { state: TaskState::Running, message: "running (re-adopted)".into(), pid: Some(pid.pid), ..Default::default() };
+                    let report = Report {
+                        state: TaskState::Running,
+                        message: "running (re-adopted)".into(),
+                        pid: Some(pid.pid),
+                        ..Default::default()
+                    };
                     self.report(task, report).await;
                 } else {
                     tracing::info!(task = %self.id, pid = pid.pid, "re-adopted running task");
@@ -166,15 +197,17 @@ impl<R: Runtime> Worker<R> {
     }
 
     async fn prepare(&mut self, task: &Task) {
-        let launch = self
-            .ctx
-            .catalog
-            .resolve(&task.spec.spec)
-            .map_err(|e| (TaskState::Rejected, e.to_string()))
-            .and_then(|image| launch::build(task, image, &self.ctx.launch).map_err(|e| (TaskState::Rejected, e.to_string())));
+        let launch =
+            self.ctx.catalog.resolve(&task.spec.spec).map_err(|e| (TaskState::Rejected, e.to_string())).and_then(
+                |image| launch::build(task, image, &self.ctx.launch).map_err(|e| (TaskState::Rejected, e.to_string())),
+            );
         let result = match launch {
             Ok(launch) => match self.deliver_files(task, launch).await {
-                Ok((launch, contents)) => self.ctx.runtime.prepare(&self.id, &launch, contents).map_err(|e| (TaskState::Failed, e.to_string())),
+                Ok((launch, contents)) => self
+                    .ctx
+                    .runtime
+                    .prepare(&self.id, &launch, contents)
+                    .map_err(|e| (TaskState::Failed, e.to_string())),
                 Err(failure) => Err(failure),
             },
             Err(failure) => Err(failure),
@@ -192,12 +225,22 @@ impl<R: Runtime> Worker<R> {
     /// Fetches and opens the task's configs and secrets: as root their
     /// targets go into `launch.files` (content kept for the shim, in
     /// memory); otherwise they are written below the task's directory.
-    async fn deliver_files(&self, task: &Task, mut launch: Launch) -> Result<(Launch, Vec<Content>), (TaskState, String)> {
+    async fn deliver_files(
+        &self,
+        task: &Task,
+        mut launch: Launch,
+    ) -> Result<(Launch, Vec<Content>), (TaskState, String)> {
         let spec = &task.spec.spec;
         if spec.configs.is_empty() && spec.secrets.is_empty() {
             return Ok((launch, Vec::new()));
         }
-        let source = files::Source { store: &self.ctx.store, node: &self.ctx.node, hostname: &self.ctx.hostname, keys: &self.ctx.node_keys, wait: SEALED_COPY_WAIT };
+        let source = files::Source {
+            store: &self.ctx.store,
+            node: &self.ctx.node,
+            hostname: &self.ctx.hostname,
+            keys: &self.ctx.node_keys,
+            wait: SEALED_COPY_WAIT,
+        };
         let delivered = files::gather(&source, task).await.map_err(|e| {
             let state = if e.is_permanent() { TaskState::Rejected } else { TaskState::Failed };
             (state, e.to_string())
@@ -221,16 +264,27 @@ impl<R: Runtime> Worker<R> {
     }
 
     async fn start(&mut self, task: &Task) {
-        self.report(task, Report { state: TaskState::Starting, message: "starting".into(), ..Default::default() }).await;
+        self.report(task, Report { state: TaskState::Starting, message: "starting".into(), ..Default::default() })
+            .await;
         match self.ctx.runtime.start(&self.id).await {
             Ok(Started::Running(pid)) => {
                 // A task with a probe is `starting` from the moment it runs.
-                self.observation.set_health(ProbeConfig::from_spec(task.spec.spec.healthcheck.as_ref()).map(|_| TaskHealth::default()));
-                let report = Report { state: TaskState::Running, message: "running".into(), pid: Some(pid.pid), ..Default::default() };
+                self.observation.set_health(
+                    ProbeConfig::from_spec(task.spec.spec.healthcheck.as_ref()).map(|_| TaskHealth::default()),
+                );
+                let report = Report {
+                    state: TaskState::Running,
+                    message: "running".into(),
+                    pid: Some(pid.pid),
+                    ..Default::default()
+                };
                 self.report(task, report).await;
             }
             Ok(Started::Exited(exit)) => self.exited(task, exit, false).await,
-            Err(err) => self.report(task, Report { state: TaskState::Failed, message: err.to_string(), ..Default::default() }).await,
+            Err(err) => {
+                self.report(task, Report { state: TaskState::Failed, message: err.to_string(), ..Default::default() })
+                    .await
+            }
         }
     }
 
@@ -261,7 +315,10 @@ impl<R: Runtime> Worker<R> {
     /// task is stopped and failed, for the controllers to replace.
     async fn health_changed(&mut self, task: &Task, health: TaskHealth) {
         let status = health.status;
-        let previous = self.observation.current_for(&task.metadata.uid).and_then(|o| o.status.as_ref()?.health.as_ref().map(|h| h.status));
+        let previous = self
+            .observation
+            .current_for(&task.metadata.uid)
+            .and_then(|o| o.status.as_ref()?.health.as_ref().map(|h| h.status));
         if previous != Some(status) {
             let output = health.log.last().map(|r| r.output.trim().to_string()).unwrap_or_default();
             tracing::info!(task = %self.id, service = %task.spec.service_name, ?status, failing_streak = health.failing_streak, last_output = %output, "task health");
@@ -356,7 +413,9 @@ impl<R: Runtime> Worker<R> {
 fn probe_outcome(result: Result<crate::runtime::ExecOutput, RuntimeError>) -> Outcome {
     match result {
         Ok(output) => Outcome { exit_code: output.exit_code, output: output.output },
-        Err(RuntimeError::ExecTimeout { timeout, .. }) => Outcome { exit_code: -1, output: format!("Health check exceeded timeout ({timeout:?})") },
+        Err(RuntimeError::ExecTimeout { timeout, .. }) => {
+            Outcome { exit_code: -1, output: format!("Health check exceeded timeout ({timeout:?})") }
+        }
         Err(err) => Outcome { exit_code: -1, output: err.to_string() },
     }
 }

@@ -40,7 +40,16 @@ impl Kind {
 
     /// True for kinds only Shoal's own components write.
     pub fn is_system_owned(self) -> bool {
-        matches!(self, Kind::Task | Kind::TaskObservation | Kind::ServiceRevision | Kind::Endpoints | Kind::SealedSecret | Kind::Node | Kind::Event)
+        matches!(
+            self,
+            Kind::Task
+                | Kind::TaskObservation
+                | Kind::ServiceRevision
+                | Kind::Endpoints
+                | Kind::SealedSecret
+                | Kind::Node
+                | Kind::Event
+        )
     }
 }
 
@@ -48,16 +57,46 @@ impl Kind {
 macro_rules! with_kind {
     ($kind:expr, $R:ident => $body:expr) => {
         match $kind {
-            $crate::kinds::Kind::Service => { type $R = shoal_crd::Service; $body }
-            $crate::kinds::Kind::Task => { type $R = shoal_crd::Task; $body }
-            $crate::kinds::Kind::TaskObservation => { type $R = shoal_crd::TaskObservation; $body }
-            $crate::kinds::Kind::ServiceRevision => { type $R = shoal_crd::ServiceRevision; $body }
-            $crate::kinds::Kind::Endpoints => { type $R = shoal_crd::Endpoints; $body }
-            $crate::kinds::Kind::Node => { type $R = shoal_crd::Node; $body }
-            $crate::kinds::Kind::Config => { type $R = shoal_crd::Config; $body }
-            $crate::kinds::Kind::Secret => { type $R = shoal_crd::Secret; $body }
-            $crate::kinds::Kind::SealedSecret => { type $R = shoal_crd::SealedSecret; $body }
-            $crate::kinds::Kind::Event => { type $R = shoal_crd::Event; $body }
+            $crate::kinds::Kind::Service => {
+                type $R = shoal_crd::Service;
+                $body
+            }
+            $crate::kinds::Kind::Task => {
+                type $R = shoal_crd::Task;
+                $body
+            }
+            $crate::kinds::Kind::TaskObservation => {
+                type $R = shoal_crd::TaskObservation;
+                $body
+            }
+            $crate::kinds::Kind::ServiceRevision => {
+                type $R = shoal_crd::ServiceRevision;
+                $body
+            }
+            $crate::kinds::Kind::Endpoints => {
+                type $R = shoal_crd::Endpoints;
+                $body
+            }
+            $crate::kinds::Kind::Node => {
+                type $R = shoal_crd::Node;
+                $body
+            }
+            $crate::kinds::Kind::Config => {
+                type $R = shoal_crd::Config;
+                $body
+            }
+            $crate::kinds::Kind::Secret => {
+                type $R = shoal_crd::Secret;
+                $body
+            }
+            $crate::kinds::Kind::SealedSecret => {
+                type $R = shoal_crd::SealedSecret;
+                $body
+            }
+            $crate::kinds::Kind::Event => {
+                type $R = shoal_crd::Event;
+                $body
+            }
         }
     };
 }

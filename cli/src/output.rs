@@ -83,7 +83,11 @@ pub fn age(since: Option<chrono::DateTime<chrono::Utc>>) -> String {
         3600..=86399 => (secs / 3600, "hour"),
         _ => (secs / 86400, "day"),
     };
-    if n == 1 { format!("1 {unit} ago") } else { format!("{n} {unit}s ago") }
+    if n == 1 {
+        format!("1 {unit} ago")
+    } else {
+        format!("{n} {unit}s ago")
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,13 @@ use shoal_store::client::StoreConfig;
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreFlags {
     /// Store endpoints (a real etcd cluster or `shoal store`), comma-separated.
-    #[arg(long, env = "SHOAL_ETCD_ENDPOINTS", default_value = "http://127.0.0.1:2379", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "SHOAL_ETCD_ENDPOINTS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ',',
+        global = true
+    )]
     pub etcd_endpoints: Vec<String>,
     /// CA certificate to verify the store's TLS certificate.
     #[arg(long, env = "SHOAL_ETCD_CACERT", global = true)]

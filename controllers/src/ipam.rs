@@ -90,7 +90,10 @@ mod tests {
     fn new_nodes_get_the_lowest_free_slash_24() {
         let cluster = default_cluster_cidr();
         assert_eq!(allocate_node_subnet(cluster, &[]), Some(net("10.200.0.0/24")));
-        assert_eq!(allocate_node_subnet(cluster, &[net("10.200.0.0/24"), net("10.200.2.0/24")]), Some(net("10.200.1.0/24")));
+        assert_eq!(
+            allocate_node_subnet(cluster, &[net("10.200.0.0/24"), net("10.200.2.0/24")]),
+            Some(net("10.200.1.0/24"))
+        );
         // Something outside the cluster CIDR takes nothing from it.
         assert_eq!(allocate_node_subnet(cluster, &[net("192.168.0.0/24")]), Some(net("10.200.0.0/24")));
         // A wider taken range blocks every /24 inside it.

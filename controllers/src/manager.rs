@@ -15,14 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use shoal_store::client::election::Election;
 use shoal_crd::ServiceRevision;
+use shoal_store::client::election::Election;
 use shoal_store::client::reflector::reflector;
 use shoal_store::client::Store;
 
 use crate::caches::Caches;
-use crate::nodes::heartbeats::Heartbeats;
 use crate::endpoints::allocate::{default_service_cidr, Ipv4Net};
+use crate::nodes::heartbeats::Heartbeats;
 use crate::{endpoints, nodes, scheduler, secrets, service, update};
 
 /// The election every controller manager campaigns in.
@@ -117,8 +117,10 @@ pub async fn lead(store: Store, settings: &Settings, term_over: impl Future<Outp
     let term_over = term_over.shared();
     let service = Arc::new(service::Context::new(store.clone(), caches.clone(), settings.task_history_limit));
     let scheduler = Arc::new(scheduler::Context::new(store.clone(), caches.clone()));
-    let update = Arc::new(update::Context::new(store.clone(), caches.clone(), revisions, settings.revision_history_limit));
-    let (secrets, _secret_reflectors) = secrets::Context::start(store.clone(), caches.clone(), settings.sealing_keys.clone());
+    let update =
+        Arc::new(update::Context::new(store.clone(), caches.clone(), revisions, settings.revision_history_limit));
+    let (secrets, _secret_reflectors) =
+        secrets::Context::start(store.clone(), caches.clone(), settings.sealing_keys.clone());
     let (endpoints, endpoints_task) = endpoints::Context::start(store.clone(), caches.clone(), settings.service_cidr);
     let (endpoints, _endpoints_task) = (Arc::new(endpoints), AbortOnDrop(endpoints_task));
     let nodes = Arc::new(nodes::Context::new(store, caches.nodes.clone(), heartbeats));
@@ -147,4 +149,3 @@ impl Drop for AbortOnDrop {
         self.0.abort();
     }
 }
-

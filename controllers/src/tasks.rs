@@ -35,7 +35,9 @@ impl TaskView {
         let reported = observation.and_then(|o| o.status.as_ref().map(|s| (s, o.metadata.updated_at)));
         let own = task.status.as_ref().map(|s| (s, task.metadata.updated_at));
         let (state, since, exit_code, message) = match reported.or(own) {
-            Some((status, written)) => (status.state, status.timestamp.or(written), status.exit_code, status.message.clone()),
+            Some((status, written)) => {
+                (status.state, status.timestamp.or(written), status.exit_code, status.message.clone())
+            }
             None => (TaskState::New, task.metadata.created_at, None, String::new()),
         };
         let status = reported.or(own).map(|(status, _)| status);

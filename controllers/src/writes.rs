@@ -100,7 +100,11 @@ impl Batch {
                 return Err(StoreError::TxnConflict { what: what.to_string() });
             }
             let revision = response.header.map(|h| h.revision).unwrap_or_default();
-            written.extend(chunk.iter().map(|w| Written { name: w.name.clone(), revision, deleted: w.value.is_none() }));
+            written.extend(chunk.iter().map(|w| Written {
+                name: w.name.clone(),
+                revision,
+                deleted: w.value.is_none(),
+            }));
         }
         Ok(written)
     }

@@ -15,16 +15,10 @@ fn main() {
                 eprintln!("warning: {w}");
             }
             for svc in &s.services {
-                println!(
-                    "---\n{}",
-                    shoal_crd::yaml::to_string(svc).expect("serializable")
-                );
+                println!("---\n{}", shoal_crd::yaml::to_string(svc).expect("serializable"));
             }
             for c in &s.configs {
-                println!(
-                    "---\n{}",
-                    shoal_crd::yaml::to_string(c).expect("serializable")
-                );
+                println!("---\n{}", shoal_crd::yaml::to_string(c).expect("serializable"));
             }
         }
     }

@@ -6,8 +6,7 @@
 
 use crate::duration::Duration;
 use crate::kinds::{
-    FailureAction, HealthCheck, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
-    UpdateConfig, UpdateOrder,
+    FailureAction, HealthCheck, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, UpdateConfig, UpdateOrder,
 };
 
 /// `stop_grace_period`: 10s.
@@ -171,8 +170,7 @@ mod tests {
 
     #[test]
     fn a_partial_healthcheck_gets_the_missing_timings() {
-        let h: HealthCheck =
-            serde_json::from_str(r#"{"test":["CMD","true"],"retries":5}"#).unwrap();
+        let h: HealthCheck = serde_json::from_str(r#"{"test":["CMD","true"],"retries":5}"#).unwrap();
         assert_eq!(h.retries, 5);
         assert_eq!(h.interval, Duration::from_secs(30));
         assert_eq!(h.start_interval, Duration::from_secs(5));

@@ -18,14 +18,7 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
+        write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
     }
 }
 
@@ -56,21 +49,12 @@ pub struct Report {
 impl Report {
     /// An empty report about `file`.
     pub fn new(file: &Path) -> Self {
-        Report {
-            file: file.to_path_buf(),
-            errors: Vec::new(),
-            warnings: Vec::new(),
-        }
+        Report { file: file.to_path_buf(), errors: Vec::new(), warnings: Vec::new() }
     }
 
     /// A diagnostic about this report's file.
     pub fn diagnostic(&self, pos: Pos, message: impl Into<String>) -> Diagnostic {
-        Diagnostic {
-            file: self.file.clone(),
-            line: pos.line,
-            column: pos.column,
-            message: message.into(),
-        }
+        Diagnostic { file: self.file.clone(), line: pos.line, column: pos.column, message: message.into() }
     }
 
     /// Records an error at `pos`.

@@ -59,18 +59,14 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, DurationError> 
     }
     let mut total: f64 = 0.0;
     while !s.is_empty() {
-        let num_len = s
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(s.len());
+        let num_len = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
         let num = &s[..num_len];
         if num.is_empty() || num == "." || num.matches('.').count() > 1 {
             return Err(syntax());
         }
         let value: f64 = num.parse().map_err(|_| syntax())?;
         s = &s[num_len..];
-        let unit_len = s
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(s.len());
+        let unit_len = s.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(s.len());
         let unit = &s[..unit_len];
         s = &s[unit_len..];
         let nanos_per = match unit {
@@ -187,28 +183,13 @@ mod tests {
 
     #[test]
     fn malformed_durations_are_refused_with_the_reason() {
-        assert!(matches!(
-            parse_duration("10 seconds"),
-            Err(DurationError::Unit(..))
-        ));
-        assert!(matches!(
-            parse_duration("10"),
-            Err(DurationError::Syntax(_))
-        ));
+        assert!(matches!(parse_duration("10 seconds"), Err(DurationError::Unit(..))));
+        assert!(matches!(parse_duration("10"), Err(DurationError::Syntax(_))));
         assert!(matches!(parse_duration(""), Err(DurationError::Syntax(_))));
         assert!(matches!(parse_duration("s"), Err(DurationError::Syntax(_))));
-        assert!(matches!(
-            parse_duration("1..2s"),
-            Err(DurationError::Syntax(_))
-        ));
-        assert!(matches!(
-            parse_duration("-5s"),
-            Err(DurationError::Negative(_))
-        ));
-        assert!(parse_duration("10x")
-            .unwrap_err()
-            .to_string()
-            .contains("unknown unit"));
+        assert!(matches!(parse_duration("1..2s"), Err(DurationError::Syntax(_))));
+        assert!(matches!(parse_duration("-5s"), Err(DurationError::Negative(_))));
+        assert!(parse_duration("10x").unwrap_err().to_string().contains("unknown unit"));
     }
 
     #[test]

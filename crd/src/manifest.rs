@@ -54,10 +54,7 @@ pub fn load_manifests(path: &Path) -> Result<Vec<AnyResource>, Diagnostics> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
-            report.error(
-                Pos { line: 1, column: 1 },
-                format!("cannot read the file: {e}"),
-            );
+            report.error(Pos { line: 1, column: 1 }, format!("cannot read the file: {e}"));
             return Err(report.finish().unwrap_err());
         }
     };
@@ -68,10 +65,7 @@ pub fn load_manifests(path: &Path) -> Result<Vec<AnyResource>, Diagnostics> {
             return Err(report.finish().unwrap_err());
         }
     };
-    let objects: Vec<AnyResource> = docs
-        .iter()
-        .filter_map(|d| read_document(d, &mut report))
-        .collect();
+    let objects: Vec<AnyResource> = docs.iter().filter_map(|d| read_document(d, &mut report)).collect();
     report.finish().map(|_| objects)
 }
 
@@ -84,10 +78,7 @@ fn read_document(doc: &Node, report: &mut Report) -> Option<AnyResource> {
     if doc.as_map().is_none() {
         report.error(
             doc.pos,
-            format!(
-                "expected an object (apiVersion, kind, metadata, spec), found {}",
-                doc.value.type_name()
-            ),
+            format!("expected an object (apiVersion, kind, metadata, spec), found {}", doc.value.type_name()),
         );
         return None;
     }
@@ -105,14 +96,14 @@ fn read_document(doc: &Node, report: &mut Report) -> Option<AnyResource> {
         Some("Config") => from_node::<Config>(doc).map(AnyResource::Config),
         Some("Secret") => from_node::<Secret>(doc).map(AnyResource::Secret),
         Some(k @ ("Task" | "Node" | "Event")) => {
-            report.error(kind.pos, format!("{k} objects are written by Shoal itself, not by manifests; manifests may hold {USER_KINDS}"));
+            report.error(
+                kind.pos,
+                format!("{k} objects are written by Shoal itself, not by manifests; manifests may hold {USER_KINDS}"),
+            );
             return None;
         }
         _ => {
-            report.error(
-                kind.pos,
-                format!("unknown kind: manifests may hold {USER_KINDS}"),
-            );
+            report.error(kind.pos, format!("unknown kind: manifests may hold {USER_KINDS}"));
             return None;
         }
     };
@@ -130,10 +121,7 @@ fn read_document(doc: &Node, report: &mut Report) -> Option<AnyResource> {
 
 fn check_object(object: &mut AnyResource, doc: &Node, report: &mut Report) {
     let meta = doc.get("metadata");
-    let name_pos = meta
-        .and_then(|m| m.get("name"))
-        .or(meta)
-        .map_or(doc.pos, |n| n.pos);
+    let name_pos = meta.and_then(|m| m.get("name")).or(meta).map_or(doc.pos, |n| n.pos);
     let valid_name = match object {
         AnyResource::Service(_) => validate_service_name(object.name()),
         _ => validate_object_name(object.name()),
@@ -141,13 +129,7 @@ fn check_object(object: &mut AnyResource, doc: &Node, report: &mut Report) {
     if let Err(e) = valid_name {
         report.error(name_pos, e.to_string());
     }
-    if let Some(Err(e)) = object
-        .metadata()
-        .labels
-        .keys()
-        .map(|k| validate_label_key(k))
-        .find(Result::is_err)
-    {
+    if let Some(Err(e)) = object.metadata().labels.keys().map(|k| validate_label_key(k)).find(Result::is_err) {
         report.error(meta.map_or(doc.pos, |m| m.pos), e.to_string());
     }
     let spec_pos = doc.get("spec").map_or(doc.pos, |s| s.pos);
@@ -203,28 +185,24 @@ mod tests {
         let objs = load(text).unwrap();
         assert_eq!(objs.len(), 2);
         assert_eq!((objs[0].kind(), objs[0].name()), ("Service", "web"));
-        let AnyResource::Service(s) = &objs[0] else {
-            panic!()
-        };
+        let AnyResource::Service(s) = &objs[0] else { panic!() };
         assert_eq!(s.spec, crate::ServiceSpec::from_image("nginx"));
-        let AnyResource::Config(c) = &objs[1] else {
-            panic!()
-        };
+        let AnyResource::Config(c) = &objs[1] else { panic!() };
         assert_eq!(c.spec.data.0, b"hello");
     }
 
     #[test]
     fn unknown_spec_fields_are_errors_at_their_key() {
-        let (l, c, m) = first_error("apiVersion: shoal.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  image: x\n  replica: 3\n");
+        let (l, c, m) = first_error(
+            "apiVersion: shoal.dev/v1alpha1\nkind: Service\nmetadata: {name: web}\nspec:\n  image: x\n  replica: 3\n",
+        );
         assert_eq!((l, c), (6, 3));
         assert!(m.contains("replicas"), "{m}");
     }
 
     #[test]
     fn tasks_in_manifests_are_refused_as_owned_by_shoal() {
-        let (l, c, m) = first_error(
-            "apiVersion: shoal.dev/v1alpha1\nkind: Task\nmetadata: {name: t}\nspec: {}\n",
-        );
+        let (l, c, m) = first_error("apiVersion: shoal.dev/v1alpha1\nkind: Task\nmetadata: {name: t}\nspec: {}\n");
         assert_eq!((l, c), (2, 7));
         assert!(m.contains("written by Shoal itself"), "{m}");
     }
@@ -240,7 +218,9 @@ mod tests {
 
     #[test]
     fn invalid_names_point_at_the_name() {
-        let (l, c, _) = first_error("apiVersion: shoal.dev/v1alpha1\nkind: Config\nmetadata:\n  name: bad name\nspec: {data: eA==}\n");
+        let (l, c, _) = first_error(
+            "apiVersion: shoal.dev/v1alpha1\nkind: Config\nmetadata:\n  name: bad name\nspec: {data: eA==}\n",
+        );
         assert_eq!((l, c), (4, 9));
     }
 }

@@ -48,10 +48,7 @@ fn is_zero(v: &i64) -> bool {
 impl ObjectMeta {
     /// Metadata carrying only a name, as a user writes it.
     pub fn named(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
+        Self { name: name.into(), ..Self::default() }
     }
 }
 

@@ -8,11 +8,7 @@ pub enum NameError {
     #[error("name must not be empty")]
     Empty,
     #[error("name {name:?} is {len} characters long; at most {max} are allowed")]
-    TooLong {
-        name: String,
-        len: usize,
-        max: usize,
-    },
+    TooLong { name: String, len: usize, max: usize },
     #[error("name {0:?} is invalid: use letters and digits, with '-', '_' or '.' inside (it must start and end with a letter or digit)")]
     Characters(String),
     #[error("label keys must not be empty")]
@@ -55,16 +51,10 @@ fn validate_with_max(name: &str, max: usize) -> Result<(), NameError> {
     }
     let len = name.chars().count();
     if len > max {
-        return Err(NameError::TooLong {
-            name: name.into(),
-            len,
-            max,
-        });
+        return Err(NameError::TooLong { name: name.into(), len, max });
     }
     let edge_ok = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
-    let inner_ok = name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    let inner_ok = name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !inner_ok || !edge_ok(name.chars().next()) || !edge_ok(name.chars().last()) {
         return Err(NameError::Characters(name.into()));
     }
@@ -85,10 +75,7 @@ mod tests {
     #[test]
     fn names_with_bad_characters_or_edges_are_refused() {
         for n in ["-web", "web-", "we b", "web!", "_x", "x.", "ünï"] {
-            assert!(
-                matches!(validate_object_name(n), Err(NameError::Characters(_))),
-                "{n}"
-            );
+            assert!(matches!(validate_object_name(n), Err(NameError::Characters(_))), "{n}");
         }
         assert_eq!(validate_object_name(""), Err(NameError::Empty));
     }
@@ -98,10 +85,7 @@ mod tests {
         let n63 = "a".repeat(63);
         let n64 = "a".repeat(64);
         assert!(validate_service_name(&n63).is_ok());
-        assert!(matches!(
-            validate_service_name(&n64),
-            Err(NameError::TooLong { max: 63, .. })
-        ));
+        assert!(matches!(validate_service_name(&n64), Err(NameError::TooLong { max: 63, .. })));
         assert!(validate_object_name(&n64).is_ok());
         assert!(validate_object_name(&"a".repeat(65)).is_err());
     }

@@ -3,7 +3,9 @@
 
 use schemars::{JsonSchema, Schema};
 
-use crate::kinds::{Config, Endpoints, Event, Node, SealedSecret, Secret, Service, ServiceRevision, Task, TaskObservation};
+use crate::kinds::{
+    Config, Endpoints, Event, Node, SealedSecret, Secret, Service, ServiceRevision, Task, TaskObservation,
+};
 use crate::Resource;
 
 /// A kind as users name it and its schema.

@@ -176,7 +176,12 @@ pub fn open(keys: &[PrivateKey], aad: &[u8], sealed: &SealedValue) -> Result<Vec
 }
 
 /// Decrypts `sealed` with a data key unwrapped from another copy (a node's).
-pub fn open_with_wrapped(keys: &[PrivateKey], aad: &[u8], wrapped: &WrappedKey, sealed: &SealedValue) -> Result<Vec<u8>, SealingError> {
+pub fn open_with_wrapped(
+    keys: &[PrivateKey],
+    aad: &[u8],
+    wrapped: &WrappedKey,
+    sealed: &SealedValue,
+) -> Result<Vec<u8>, SealingError> {
     let data_key = unwrap(keys, aad, wrapped)?;
     open_with(&data_key, aad, sealed)
 }
@@ -211,7 +216,8 @@ fn wrap(to: &PublicKey, aad: &[u8], data_key: &[u8; 32]) -> Result<WrappedKey, S
 }
 
 fn unwrap(keys: &[PrivateKey], aad: &[u8], from: &WrappedKey) -> Result<[u8; 32], SealingError> {
-    let key = keys.iter().find(|k| k.key_id == from.key_id).ok_or_else(|| SealingError::UnknownKey(from.key_id.clone()))?;
+    let key =
+        keys.iter().find(|k| k.key_id == from.key_id).ok_or_else(|| SealingError::UnknownKey(from.key_id.clone()))?;
     let bytes = &from.wrapped.0;
     if bytes.len() != 32 + NONCE_LEN + 48 {
         return Err(SealingError::MalformedWrap);
@@ -254,10 +260,17 @@ impl KeyFile {
     pub fn load_or_create(path: &std::path::Path) -> std::io::Result<KeyFile> {
         match std::fs::read(path) {
             Ok(bytes) => {
-                let file: KeyFile = serde_json::from_slice(&bytes)
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: not a Shoal key file: {e}", path.display())))?;
+                let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: not a Shoal key file: {e}", path.display()),
+                    )
+                })?;
                 if file.keys.is_empty() {
-                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{}: holds no key", path.display())));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{}: holds no key", path.display()),
+                    ));
                 }
                 Ok(file)
             }

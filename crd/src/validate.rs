@@ -14,10 +14,7 @@ pub fn validate_service(spec: &ServiceSpec) -> Vec<String> {
     if spec.mode == ServiceMode::Global && spec.replicas.is_some() {
         problems.push("`replicas` can only be used with mode `replicated`".to_string());
     }
-    for (what, c) in [
-        ("update", &spec.update_config),
-        ("rollback", &spec.rollback_config),
-    ] {
+    for (what, c) in [("update", &spec.update_config), ("rollback", &spec.rollback_config)] {
         if !(0.0..=1.0).contains(&c.max_failure_ratio) {
             problems.push(format!("{what} max failure ratio must be between 0 and 1"));
         }
@@ -25,9 +22,7 @@ pub fn validate_service(spec: &ServiceSpec) -> Vec<String> {
     if let Some(h) = &spec.healthcheck {
         match h.test.first().map(String::as_str) {
             None | Some("NONE") | Some("CMD") | Some("CMD-SHELL") => {}
-            Some(_) => {
-                problems.push("healthcheck test must start with NONE, CMD or CMD-SHELL".to_string())
-            }
+            Some(_) => problems.push("healthcheck test must start with NONE, CMD or CMD-SHELL".to_string()),
         }
     }
     if spec.ports.iter().any(|p| p.target == 0) {
@@ -41,7 +36,9 @@ pub fn validate_service(spec: &ServiceSpec) -> Vec<String> {
 /// is the controllers' (on tasks), never in a service's spec.
 fn file_reference_problems(spec: &ServiceSpec, problems: &mut Vec<String>) {
     let mut variables = BTreeSet::new();
-    for (kind, r) in spec.configs.iter().map(|r| (FileKind::Config, r)).chain(spec.secrets.iter().map(|r| (FileKind::Secret, r))) {
+    for (kind, r) in
+        spec.configs.iter().map(|r| (FileKind::Config, r)).chain(spec.secrets.iter().map(|r| (FileKind::Secret, r)))
+    {
         let what = kind.as_str();
         if let Some(var) = &r.env {
             if var.is_empty() || var.contains(['=', '\0']) {
@@ -51,7 +48,10 @@ fn file_reference_problems(spec: &ServiceSpec, problems: &mut Vec<String>) {
             }
         }
         if r.version.is_some() {
-            problems.push(format!("{what} {}: `version` is set by the controllers on tasks, not in a service's spec", r.source));
+            problems.push(format!(
+                "{what} {}: `version` is set by the controllers on tasks, not in a service's spec",
+                r.source
+            ));
         }
     }
 }

@@ -29,8 +29,7 @@ fn every_example_stack_loads_without_errors() {
     let files = yaml_files(&examples());
     assert!(files.len() >= 2);
     for f in files {
-        let stack =
-            load_stack(&f, "demo", &no_env).unwrap_or_else(|e| panic!("{}:\n{e}", f.display()));
+        let stack = load_stack(&f, "demo", &no_env).unwrap_or_else(|e| panic!("{}:\n{e}", f.display()));
         assert!(!stack.services.is_empty(), "{}", f.display());
     }
 }
@@ -52,26 +51,15 @@ fn every_bad_example_is_refused_where_its_expect_comment_says() {
             Err(e) => e,
         };
         let first = &errors.0[0];
-        assert_eq!(
-            format!("{}:{}", first.line, first.column),
-            expect,
-            "{}: got\n{errors}",
-            f.display()
-        );
-        assert!(first
-            .to_string()
-            .starts_with(&format!("{}:{expect}: ", f.display())));
+        assert_eq!(format!("{}:{}", first.line, first.column), expect, "{}: got\n{errors}", f.display());
+        assert!(first.to_string().starts_with(&format!("{}:{expect}: ", f.display())));
     }
 }
 
 #[test]
 fn the_web_stack_says_what_the_readme_tour_says() {
     let stack = load_stack(&examples().join("web-stack.yml"), "demo", &no_env).unwrap();
-    let names: Vec<&str> = stack
-        .services
-        .iter()
-        .map(|s| s.metadata.name.as_str())
-        .collect();
+    let names: Vec<&str> = stack.services.iter().map(|s| s.metadata.name.as_str()).collect();
     assert_eq!(names, ["demo_node-agent", "demo_web"]);
     let web = &stack.services[1].spec;
     assert_eq!(web.replicas, Some(10));
@@ -88,10 +76,7 @@ fn the_voting_app_loads_with_warnings_for_networks_volumes_and_depends_on() {
     assert_eq!(stack.services.len(), 5);
     let text: Vec<String> = stack.warnings.iter().map(ToString::to_string).collect();
     for word in ["`networks`", "`volumes`", "`depends_on`"] {
-        assert!(
-            text.iter().any(|w| w.contains(word)),
-            "no warning about {word}: {text:#?}"
-        );
+        assert!(text.iter().any(|w| w.contains(word)), "no warning about {word}: {text:#?}");
     }
 }
 
@@ -101,9 +86,7 @@ fn the_native_web_manifest_matches_the_stack_service() {
     let kinds: Vec<&str> = objects.iter().map(AnyResource::kind).collect();
     assert_eq!(kinds, ["Config", "Service"]);
     let stack = load_stack(&examples().join("web-stack.yml"), "demo", &no_env).unwrap();
-    let AnyResource::Service(native) = &objects[1] else {
-        panic!()
-    };
+    let AnyResource::Service(native) = &objects[1] else { panic!() };
     let stacked = &stack.services[1];
     assert_eq!(native.metadata.name, stacked.metadata.name);
     assert_eq!(native.spec.update_config, stacked.spec.update_config);

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use shoal_crd::{load_stack, Stack};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 fn repo_file(path: &str) -> PathBuf {
@@ -24,10 +22,7 @@ fn resources_and_placement_from_the_docker_docs_deploy() {
     let s = deploy("resources-and-placement.yml").services.remove(0);
     assert_eq!(s.metadata.name, "app_redis");
     let limits = s.spec.resources.limits.unwrap();
-    assert_eq!(
-        (limits.cpus, limits.memory, limits.pids),
-        (Some(0.5), Some(50 << 20), Some(1))
-    );
+    assert_eq!((limits.cpus, limits.memory, limits.pids), (Some(0.5), Some(50 << 20), Some(1)));
     assert_eq!(s.spec.placement.constraints.len(), 2);
     assert_eq!(s.spec.placement.max_replicas_per_node, Some(1));
     assert_eq!(s.spec.restart_policy.window.to_string(), "2m0s");
@@ -38,29 +33,17 @@ fn configs_and_external_secrets_in_long_syntax_deploy() {
     let stack = deploy("configs-and-external-secrets.yml");
     assert_eq!(stack.configs.len(), 1, "only the file config is created");
     let spec = &stack.services[0].spec;
-    let configs: Vec<(&str, &str, u32)> = spec
-        .configs
-        .iter()
-        .map(|c| (c.source.as_str(), c.target.as_str(), c.mode))
-        .collect();
+    let configs: Vec<(&str, &str, u32)> =
+        spec.configs.iter().map(|c| (c.source.as_str(), c.target.as_str(), c.mode)).collect();
     assert_eq!(
         configs,
-        [
-            ("app_nginx_conf", "/etc/nginx/conf.d/site.conf", 0o440),
-            ("my_other_config", "/my_other_config", 0o444)
-        ]
+        [("app_nginx_conf", "/etc/nginx/conf.d/site.conf", 0o440), ("my_other_config", "/my_other_config", 0o444)]
     );
-    let secrets: Vec<(&str, &str, u32)> = spec
-        .secrets
-        .iter()
-        .map(|c| (c.source.as_str(), c.target.as_str(), c.mode))
-        .collect();
+    let secrets: Vec<(&str, &str, u32)> =
+        spec.secrets.iter().map(|c| (c.source.as_str(), c.target.as_str(), c.mode)).collect();
     assert_eq!(
         secrets,
-        [
-            ("site_key", "/run/secrets/site.key", 0o400),
-            ("site_cert_2024", "/run/secrets/site_cert", 0o444)
-        ]
+        [("site_key", "/run/secrets/site.key", 0o400), ("site_cert_2024", "/run/secrets/site_cert", 0o444)]
     );
 }
 
@@ -75,18 +58,8 @@ fn extension_fields_with_anchors_and_merge_keys_deploy() {
     let jobs = &stack.services[1];
     assert_eq!(jobs.spec.replicas, Some(2));
     assert_eq!(jobs.spec.update_config.delay.to_string(), "30s");
-    assert_eq!(
-        jobs.spec.update_config.order,
-        shoal_crd::UpdateOrder::StartFirst
-    );
-    assert!(
-        stack
-            .warnings
-            .iter()
-            .any(|w| w.message.contains("`logging` is ignored")),
-        "{:?}",
-        stack.warnings
-    );
+    assert_eq!(jobs.spec.update_config.order, shoal_crd::UpdateOrder::StartFirst);
+    assert!(stack.warnings.iter().any(|w| w.message.contains("`logging` is ignored")), "{:?}", stack.warnings);
 }
 
 #[test]
@@ -110,19 +83,6 @@ fn a_secret_file_that_does_not_exist_is_refused_at_its_position() {
 fn a_development_compose_file_deploys_with_a_warning_per_ignored_key() {
     let stack = deploy("dev-compose-with-build.yml");
     assert_eq!(stack.services.len(), 2);
-    let ignored: Vec<&str> = stack
-        .warnings
-        .iter()
-        .map(|w| w.message.split('`').nth(1).unwrap_or_default())
-        .collect();
-    assert_eq!(
-        ignored,
-        [
-            "build",
-            "container_name",
-            "volumes",
-            "depends_on",
-            "restart"
-        ]
-    );
+    let ignored: Vec<&str> = stack.warnings.iter().map(|w| w.message.split('`').nth(1).unwrap_or_default()).collect();
+    assert_eq!(ignored, ["build", "container_name", "volumes", "depends_on", "restart"]);
 }

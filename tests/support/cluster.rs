@@ -96,7 +96,8 @@ impl TaskRow {
 
 /// Whether `pid` is a live process (exists and is not a zombie): kill(pid, 0) by /proc.
 pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
 }
 
 /// One `shoal agent` process (restartable) and its data dir.
@@ -238,7 +239,8 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)); // wakes accept()
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        // wakes accept()
     }
 }
 
@@ -273,7 +275,8 @@ impl Cluster {
             cluster.add_agent(l);
         }
         cluster.wait_until(Duration::from_secs(20), "every node ready", |c| {
-            c.nodes().iter().filter(|n| n.status.as_ref().is_some_and(|s| s.state == NodeState::Ready)).count() == labels.len()
+            c.nodes().iter().filter(|n| n.status.as_ref().is_some_and(|s| s.state == NodeState::Ready)).count()
+                == labels.len()
         });
         cluster
     }
@@ -283,7 +286,8 @@ impl Cluster {
     }
 
     fn start_controller(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("controller.log")).unwrap();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("controller.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
             .args(["--etcd-endpoints", &self.store.endpoint(), "controller", "--identity", "c1"])
             .args(["--lease-ttl", &CONTROLLER_LEASE_TTL.to_string()])
@@ -429,7 +433,8 @@ impl Cluster {
 
     pub fn node_state(&self, name: &str) -> NodeState {
         let nodes = self.nodes();
-        let node = nodes.iter().find(|n| n.metadata.name == name).unwrap_or_else(|| panic!("no node {name}\n{}", self.dump()));
+        let node =
+            nodes.iter().find(|n| n.metadata.name == name).unwrap_or_else(|| panic!("no node {name}\n{}", self.dump()));
         node.status.as_ref().map(|s| s.state).unwrap_or_default()
     }
 
@@ -451,7 +456,12 @@ impl Cluster {
     pub fn dump(&self) -> String {
         let text = |args: &[&str]| {
             let out = self.shoal(args);
-            format!("$ shoal {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+            format!(
+                "$ shoal {}\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
         };
         let mut dump = format!("===== state dump ({:?} store) =====\n", self.backend());
         dump += &text(&["node", "ls"]);
@@ -544,5 +554,10 @@ fn run(argv: &[&str]) {
 
 /// Runs a command, ignoring its outcome; true when it succeeded.
 fn quiet(argv: &[&str]) -> bool {
-    Command::new(argv[0]).args(&argv[1..]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }

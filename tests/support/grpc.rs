@@ -13,8 +13,8 @@ use shoal_store::proto::{
     request_op::Request as Op,
     watch_client::WatchClient,
     watch_request::RequestUnion,
-    Compare, Event, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse,
-    WatchCreateRequest, WatchRequest, WatchResponse,
+    Compare, Event, PutRequest, RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest,
+    WatchRequest, WatchResponse,
 };
 use shoal_store::server::tonic::{transport::Channel, Streaming};
 

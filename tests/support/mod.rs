@@ -46,11 +46,9 @@ fn etcd_binary() -> PathBuf {
     let on_path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).map(|d| d.join("etcd")).collect::<Vec<_>>())
         .unwrap_or_default();
-    candidates
-        .into_iter()
-        .chain(on_path)
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("etcd not found: install Debian's etcd-server (apt-get install etcd-server etcd-client)"))
+    candidates.into_iter().chain(on_path).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("etcd not found: install Debian's etcd-server (apt-get install etcd-server etcd-client)")
+    })
 }
 
 impl StoreUnderTest {
@@ -106,11 +104,8 @@ impl StoreUnderTest {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("opening the store log");
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("opening the store log");
         let client = self.endpoint();
         let mut cmd = match self.backend {
             Backend::Embedded => {
@@ -131,9 +126,7 @@ impl StoreUnderTest {
             }
         };
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
-        cmd.stdin(Stdio::null())
-            .stdout(log.try_clone().expect("cloning the log handle"))
-            .stderr(log);
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().expect("cloning the log handle")).stderr(log);
         self.child = Some(cmd.spawn().unwrap_or_else(|e| panic!("starting {:?}: {e}", self.backend)));
         self.wait_ready();
     }
@@ -146,11 +139,18 @@ impl StoreUnderTest {
             }
             let listening = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
             // etcd accepts connections a moment before it serves; ask it.
-            if listening && (self.backend == Backend::Embedded || self.etcdctl(&["get", "ready-probe"]).status.success()) {
+            if listening
+                && (self.backend == Backend::Embedded || self.etcdctl(&["get", "ready-probe"]).status.success())
+            {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("{:?} store did not answer on {} within {READY_TIMEOUT:?}:\n{}", self.backend, self.endpoint(), self.log());
+                panic!(
+                    "{:?} store did not answer on {} within {READY_TIMEOUT:?}:\n{}",
+                    self.backend,
+                    self.endpoint(),
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -204,12 +204,7 @@ pub fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
 /// Stdout of a successful etcdctl run; panics with its stderr otherwise.
 pub fn etcdctl_ok(endpoint: &str, args: &[&str]) -> String {
     let out = etcdctl(endpoint, args);
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "etcdctl {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 

@@ -12,7 +12,10 @@ use super::{Cluster, DataPlane, DataPlaneError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     /// `apply`: each service with its backends' addresses, and the local subnet.
-    Apply { services: Vec<(String, Vec<String>)>, subnet: Option<String> },
+    Apply {
+        services: Vec<(String, Vec<String>)>,
+        subnet: Option<String>,
+    },
     Cleanup,
 }
 
@@ -36,8 +39,14 @@ impl RecordingDataPlane {
 
 impl DataPlane for RecordingDataPlane {
     fn apply(&mut self, endpoints: &[Arc<Endpoints>], cluster: &Cluster) -> Result<(), DataPlaneError> {
-        let services = endpoints.iter().map(|e| (e.spec.service.clone(), e.spec.backends.iter().map(|b| b.address.clone()).collect())).collect();
-        self.calls.lock().expect("fake lock").push(Call::Apply { services, subnet: cluster.local.subnet.map(|s| s.to_string()) });
+        let services = endpoints
+            .iter()
+            .map(|e| (e.spec.service.clone(), e.spec.backends.iter().map(|b| b.address.clone()).collect()))
+            .collect();
+        self.calls
+            .lock()
+            .expect("fake lock")
+            .push(Call::Apply { services, subnet: cluster.local.subnet.map(|s| s.to_string()) });
         if std::mem::take(&mut *self.fail.lock().expect("fake lock")) {
             return Err(DataPlaneError::Sysctl(std::io::Error::other("injected failure")));
         }

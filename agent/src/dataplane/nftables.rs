@@ -48,7 +48,13 @@ pub struct NftablesDataPlane {
 
 impl NftablesDataPlane {
     pub fn new(table: &str) -> Self {
-        Self { table: table.into(), programmed: None, routes: RouteTable::new(), last_script: String::new(), backends: BTreeSet::new() }
+        Self {
+            table: table.into(),
+            programmed: None,
+            routes: RouteTable::new(),
+            last_script: String::new(),
+            backends: BTreeSet::new(),
+        }
     }
 
     /// The last `nft -f` script sent (empty when the last apply changed nothing).
@@ -73,7 +79,8 @@ impl DataPlane for NftablesDataPlane {
         }
         self.last_script = script;
         self.programmed = Some(next);
-        let backends: BTreeSet<String> = endpoints.iter().flat_map(|e| e.spec.backends.iter().map(|b| b.address.clone())).collect();
+        let backends: BTreeSet<String> =
+            endpoints.iter().flat_map(|e| e.spec.backends.iter().map(|b| b.address.clone())).collect();
         for gone in self.backends.difference(&backends) {
             forget_closed_connections(gone);
         }
@@ -88,7 +95,9 @@ impl DataPlane for NftablesDataPlane {
         let (installed, routed) = routes::apply(&self.routes, &RouteTable::new());
         self.routes = installed;
         self.programmed = None;
-        run("nft", &["delete", "table", "ip", &self.table], None).or_else(already_gone).map_err(DataPlaneError::Nftables)?;
+        run("nft", &["delete", "table", "ip", &self.table], None)
+            .or_else(already_gone)
+            .map_err(DataPlaneError::Nftables)?;
         routed
     }
 }
@@ -105,6 +114,8 @@ fn forget_closed_connections(address: &str) {
     match result {
         // Exit 1 means "no entry matched": nothing to forget.
         Ok(_) => tracing::debug!(backend = address, "forgot closed connections of a removed backend"),
-        Err(err) => tracing::debug!(backend = address, error = %err, "conntrack not available; closed connections of a removed backend are not forgotten"),
+        Err(err) => {
+            tracing::debug!(backend = address, error = %err, "conntrack not available; closed connections of a removed backend are not forgotten")
+        }
     }
 }

@@ -25,16 +25,27 @@ pub type RouteTable = BTreeMap<Ipv4Net, Ipv4Addr>;
 /// The routes this node wants: other ready nodes' subnets via their
 /// addresses, when `on_link(addr)` (directly reachable); never a subnet
 /// overlapping `local_subnet`.
-pub fn desired(nodes: &[Arc<Node>], local: &str, local_subnet: Option<Ipv4Net>, on_link: impl Fn(Ipv4Addr) -> bool) -> RouteTable {
+pub fn desired(
+    nodes: &[Arc<Node>],
+    local: &str,
+    local_subnet: Option<Ipv4Net>,
+    on_link: impl Fn(Ipv4Addr) -> bool,
+) -> RouteTable {
     let mut routes = RouteTable::new();
     for node in nodes.iter().filter(|n| n.metadata.name != local) {
         let Some(status) = &node.status else { continue };
         if status.state != NodeState::Ready {
             continue;
         }
-        let (Some(Ok(subnet)), Ok(addr)) = (status.task_subnet.as_deref().map(str::parse::<Ipv4Net>), status.addr.parse::<Ipv4Addr>()) else { continue };
+        let (Some(Ok(subnet)), Ok(addr)) =
+            (status.task_subnet.as_deref().map(str::parse::<Ipv4Net>), status.addr.parse::<Ipv4Addr>())
+        else {
+            continue;
+        };
         let subnet = subnet.trunc();
-        if local_subnet.is_some_and(|l| l.contains(&subnet.network()) || subnet.contains(&l.network())) || addr.is_loopback() {
+        if local_subnet.is_some_and(|l| l.contains(&subnet.network()) || subnet.contains(&l.network()))
+            || addr.is_loopback()
+        {
             continue;
         }
         if !on_link(addr) {
@@ -58,7 +69,8 @@ pub fn apply(current: &RouteTable, next: &RouteTable) -> (RouteTable, Result<(),
     let mut installed = current.clone();
     for (subnet, via) in current {
         if next.get(subnet) != Some(via) {
-            if let Err(err) = ip(&["route", "del", &subnet.to_string(), "via", &via.to_string()]).or_else(already_gone) {
+            if let Err(err) = ip(&["route", "del", &subnet.to_string(), "via", &via.to_string()]).or_else(already_gone)
+            {
                 tracing::warn!(subnet = %subnet, via = %via, error = %err, "cannot remove the route");
             }
             installed.remove(subnet);
@@ -84,7 +96,8 @@ mod tests {
 
     fn node(name: &str, addr: &str, subnet: Option<&str>, state: NodeState) -> Arc<Node> {
         let mut node = Node::new(name, NodeSpec::default());
-        node.status = Some(NodeStatus { addr: addr.into(), state, task_subnet: subnet.map(Into::into), ..Default::default() });
+        node.status =
+            Some(NodeStatus { addr: addr.into(), state, task_subnet: subnet.map(Into::into), ..Default::default() });
         Arc::new(node)
     }
 

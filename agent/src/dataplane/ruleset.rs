@@ -83,15 +83,28 @@ impl Ruleset {
     fn fixed() -> Self {
         let chain = |hook, rules: &[&str]| Chain { hook, rules: rules.iter().map(|r| r.to_string()).collect() };
         let mut chains = BTreeMap::new();
-        chains.insert("prerouting".into(), chain(Some("type nat hook prerouting priority dstnat; policy accept;"), &["jump services"]));
-        chains.insert("output".into(), chain(Some("type nat hook output priority -100; policy accept;"), &["jump services"]));
+        chains.insert(
+            "prerouting".into(),
+            chain(Some("type nat hook prerouting priority dstnat; policy accept;"), &["jump services"]),
+        );
+        chains.insert(
+            "output".into(),
+            chain(Some("type nat hook output priority -100; policy accept;"), &["jump services"]),
+        );
         let masquerade = format!("meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade");
-        chains.insert("postrouting".into(), chain(Some("type nat hook postrouting priority srcnat; policy accept;"), &[&masquerade]));
+        chains.insert(
+            "postrouting".into(),
+            chain(Some("type nat hook postrouting priority srcnat; policy accept;"), &[&masquerade]),
+        );
         let guard = "iifname != \"lo\" ip daddr 127.0.0.0/8 ct status ! dnat drop";
-        chains.insert("input-guard".into(), chain(Some("type filter hook input priority filter; policy accept;"), &[guard]));
+        chains.insert(
+            "input-guard".into(),
+            chain(Some("type filter hook input priority filter; policy accept;"), &[guard]),
+        );
         let dispatch = format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}");
         chains.insert("services".into(), chain(None, &[&dispatch, "fib daddr type local jump nodeports"]));
-        chains.insert("nodeports".into(), chain(None, &[&format!("meta l4proto . th dport vmap @{SERVICE_NODEPORTS}")]));
+        chains
+            .insert("nodeports".into(), chain(None, &[&format!("meta l4proto . th dport vmap @{SERVICE_NODEPORTS}")]));
         chains.insert("mark-for-masquerade".into(), chain(None, &[&format!("meta mark set meta mark | {MASQ_MARK}")]));
         let maps = [(SERVICE_IPS, BTreeMap::new()), (SERVICE_NODEPORTS, BTreeMap::new())].into();
         Self { chains, maps }
@@ -111,7 +124,11 @@ impl Ruleset {
                 }
             })
             .collect();
-        let vip = spec.vip.as_deref().filter(|_| spec.endpoint_mode == EndpointMode::Vip).and_then(|v| v.parse::<Ipv4Addr>().ok());
+        let vip = spec
+            .vip
+            .as_deref()
+            .filter(|_| spec.endpoint_mode == EndpointMode::Vip)
+            .and_then(|v| v.parse::<Ipv4Addr>().ok());
         let mut seen = BTreeSet::new();
         for port in &spec.ports {
             let proto = match port.protocol {
@@ -145,14 +162,18 @@ impl Ruleset {
             let target = match port.publish_mode {
                 PublishMode::Ingress => format!("goto {service_chain}"),
                 PublishMode::Host => {
-                    let here: Vec<&str> = endpoint_chains.iter().filter(|(_, mine)| *mine).map(|(n, _)| n.as_str()).collect();
+                    let here: Vec<&str> =
+                        endpoint_chains.iter().filter(|(_, mine)| *mine).map(|(n, _)| n.as_str()).collect();
                     if here.is_empty() {
                         continue;
                     }
                     pick(&here)
                 }
             };
-            self.chains.insert(node_port.clone(), Chain { hook: None, rules: vec!["jump mark-for-masquerade".into(), target] });
+            self.chains.insert(
+                node_port.clone(),
+                Chain { hook: None, rules: vec!["jump mark-for-masquerade".into(), target] },
+            );
             self.element(SERVICE_NODEPORTS, format!("{proto} . {published}"), &node_port);
         }
     }
@@ -210,7 +231,8 @@ impl Ruleset {
             }
         }
         for name in self.chains.keys().filter(|n| !next.chains.contains_key(*n)) {
-            writeln!(out, "flush chain ip {table} {name}\ndelete chain ip {table} {name}").expect("writing to a String");
+            writeln!(out, "flush chain ip {table} {name}\ndelete chain ip {table} {name}")
+                .expect("writing to a String");
         }
         out
     }
@@ -227,7 +249,8 @@ fn pick(chains: &[&str]) -> String {
 
 /// A service name usable in a chain name: kept when plain, else hashed.
 fn ident(name: &str) -> String {
-    let plain = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let plain =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if plain {
         name.to_string()
     } else {

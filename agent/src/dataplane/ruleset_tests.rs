@@ -13,7 +13,15 @@ fn port(target: u16, published: Option<u16>, publish_mode: PublishMode) -> Endpo
 
 /// An Endpoints object with `backends` as (node, address).
 fn service(name: &str, vip: Option<&str>, ports: Vec<EndpointPort>, backends: &[(&str, &str)]) -> Arc<Endpoints> {
-    let backends = backends.iter().enumerate().map(|(i, (node, address))| Backend { task: format!("{name}-{i}"), node: node.to_string(), address: address.to_string() }).collect();
+    let backends = backends
+        .iter()
+        .enumerate()
+        .map(|(i, (node, address))| Backend {
+            task: format!("{name}-{i}"),
+            node: node.to_string(),
+            address: address.to_string(),
+        })
+        .collect();
     let spec = EndpointsSpec { service: name.into(), vip: vip.map(Into::into), ports, backends, ..Default::default() };
     Arc::new(Endpoints::new(name, spec))
 }
@@ -85,7 +93,17 @@ delete chain ip shoal ep-web-tcp-80-10.200.2.2
 #[test]
 fn adding_and_deleting_services_touches_their_elements_only() {
     let before = Ruleset::desired(&[web(&[("n1", "10.200.1.2")])], &local());
-    let cache = service("cache", Some("10.96.0.12"), vec![EndpointPort { protocol: PortProtocol::Udp, target: 11211, published: None, publish_mode: PublishMode::Ingress }], &[]);
+    let cache = service(
+        "cache",
+        Some("10.96.0.12"),
+        vec![EndpointPort {
+            protocol: PortProtocol::Udp,
+            target: 11211,
+            published: None,
+            publish_mode: PublishMode::Ingress,
+        }],
+        &[],
+    );
     let after = Ruleset::desired(&[cache], &local());
     let diff = before.diff(&after, "shoal");
     assert_eq!(
@@ -108,18 +126,31 @@ delete chain ip shoal svc-web-tcp-80
 
 #[test]
 fn host_mode_ports_answer_only_on_nodes_running_a_backend() {
-    let host = |backends: &[(&str, &str)]| service("edge", None, vec![port(80, Some(8080), PublishMode::Host)], backends);
+    let host =
+        |backends: &[(&str, &str)]| service("edge", None, vec![port(80, Some(8080), PublishMode::Host)], backends);
     let here = Ruleset::desired(&[host(&[("n1", "10.200.1.5"), ("n2", "10.200.2.5")])], &local());
-    assert_eq!(here.chains["np-edge-tcp-8080"].rules, ["jump mark-for-masquerade", "numgen random mod 1 vmap { 0 : goto ep-edge-tcp-80-10.200.1.5 }"]);
+    assert_eq!(
+        here.chains["np-edge-tcp-8080"].rules,
+        ["jump mark-for-masquerade", "numgen random mod 1 vmap { 0 : goto ep-edge-tcp-80-10.200.1.5 }"]
+    );
     assert_eq!(here.maps[SERVICE_NODEPORTS]["tcp . 8080"], "goto np-edge-tcp-8080");
-    assert!(here.maps[SERVICE_IPS].is_empty() && !here.chains.contains_key("svc-edge-tcp-80"), "no VIP, no service chain");
+    assert!(
+        here.maps[SERVICE_IPS].is_empty() && !here.chains.contains_key("svc-edge-tcp-80"),
+        "no VIP, no service chain"
+    );
     let elsewhere = Ruleset::desired(&[host(&[("n2", "10.200.2.5")])], &local());
     assert!(elsewhere.maps[SERVICE_NODEPORTS].is_empty() && !elsewhere.chains.contains_key("np-edge-tcp-8080"));
 }
 
 #[test]
 fn dnsrr_services_get_no_vip_and_odd_names_are_hashed() {
-    let mut dnsrr = (*service("my.svc", Some("10.96.0.13"), vec![port(80, None, PublishMode::Ingress)], &[("n1", "10.200.1.3"), ("n1", "not-an-ip")])).clone();
+    let mut dnsrr = (*service(
+        "my.svc",
+        Some("10.96.0.13"),
+        vec![port(80, None, PublishMode::Ingress)],
+        &[("n1", "10.200.1.3"), ("n1", "not-an-ip")],
+    ))
+    .clone();
     dnsrr.spec.endpoint_mode = EndpointMode::Dnsrr;
     let set = Ruleset::desired(&[Arc::new(dnsrr)], &local());
     assert!(set.maps[SERVICE_IPS].is_empty());

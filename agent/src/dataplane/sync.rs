@@ -72,8 +72,14 @@ pub struct Syncer {
 type Fingerprint = (Vec<(String, i64)>, Vec<(String, i64)>, Option<Ipv4Net>);
 
 fn fingerprint(endpoints: &[Arc<Endpoints>], cluster: &Cluster) -> Fingerprint {
-    let versions = |items: &mut dyn Iterator<Item = &shoal_crd::ObjectMeta>| items.map(|m| (m.name.clone(), m.resource_version)).collect();
-    (versions(&mut endpoints.iter().map(|e| e.metadata())), versions(&mut cluster.nodes.iter().map(|n| n.metadata())), cluster.local.subnet)
+    let versions = |items: &mut dyn Iterator<Item = &shoal_crd::ObjectMeta>| {
+        items.map(|m| (m.name.clone(), m.resource_version)).collect()
+    };
+    (
+        versions(&mut endpoints.iter().map(|e| e.metadata())),
+        versions(&mut cluster.nodes.iter().map(|n| n.metadata())),
+        cluster.local.subnet,
+    )
 }
 
 impl Syncer {
@@ -101,7 +107,10 @@ impl Syncer {
         self.blocking(|dp| dp.cleanup()).await
     }
 
-    async fn blocking(&mut self, call: impl FnOnce(&mut dyn DataPlane) -> Result<(), DataPlaneError> + Send + 'static) -> Result<(), DataPlaneError> {
+    async fn blocking(
+        &mut self,
+        call: impl FnOnce(&mut dyn DataPlane) -> Result<(), DataPlaneError> + Send + 'static,
+    ) -> Result<(), DataPlaneError> {
         let mut dp = self.dataplane.take().expect("the data plane is back after every call");
         let (dp, result) = tokio::task::spawn_blocking(move || {
             let result = call(dp.as_mut());
@@ -135,7 +144,13 @@ impl DataPlaneLoop {
     }
 }
 
-async fn run(store: Store, node: String, task_subnet: Option<Ipv4Net>, mut syncer: Syncer, mut stop: oneshot::Receiver<()>) {
+async fn run(
+    store: Store,
+    node: String,
+    task_subnet: Option<Ipv4Net>,
+    mut syncer: Syncer,
+    mut stop: oneshot::Receiver<()>,
+) {
     let (mut endpoints, endpoints_task) = reflector::<Endpoints>(store.clone());
     let (mut nodes, nodes_task) = reflector::<Node>(store.clone());
     let ready = async {
@@ -193,7 +208,8 @@ async fn run(store: Store, node: String, task_subnet: Option<Ipv4Net>, mut synce
         Err(err) => tracing::warn!(node = %node, error = %err, "cannot remove the data plane"),
     }
     let etcd = store.etcd();
-    let _ = etcd.unary(etcd.kv().delete_range(DeleteRangeRequest { key: key.into_bytes(), ..Default::default() })).await;
+    let _ =
+        etcd.unary(etcd.kv().delete_range(DeleteRangeRequest { key: key.into_bytes(), ..Default::default() })).await;
 }
 
 /// Writes the programmed revision (this agent is the key's only writer); true when stored.
@@ -216,7 +232,10 @@ mod tests {
     use shoal_crd::{Backend, EndpointsSpec};
 
     fn endpoints(service: &str, version: i64, addresses: &[&str]) -> Arc<Endpoints> {
-        let backends = addresses.iter().map(|a| Backend { task: format!("t-{a}"), node: "n1".into(), address: a.to_string() }).collect();
+        let backends = addresses
+            .iter()
+            .map(|a| Backend { task: format!("t-{a}"), node: "n1".into(), address: a.to_string() })
+            .collect();
         let mut e = Endpoints::new(service, EndpointsSpec { service: service.into(), backends, ..Default::default() });
         e.metadata.resource_version = version;
         Arc::new(e)
@@ -231,7 +250,13 @@ mod tests {
         assert!(!syncer.sync(vec![endpoints("web", 5, &["10.0.0.2"])], cluster()).await.unwrap());
         assert!(syncer.sync(vec![endpoints("web", 6, &["10.0.0.3"])], cluster()).await.unwrap());
         // The subnet appearing later is a change too.
-        assert!(syncer.sync(vec![endpoints("web", 6, &["10.0.0.3"])], Cluster::new("n1", Some("10.0.0.0/24".parse().unwrap()), Vec::new())).await.unwrap());
+        assert!(syncer
+            .sync(
+                vec![endpoints("web", 6, &["10.0.0.3"])],
+                Cluster::new("n1", Some("10.0.0.0/24".parse().unwrap()), Vec::new())
+            )
+            .await
+            .unwrap());
         syncer.cleanup().await.unwrap();
         let web = |a: &str| vec![("web".to_string(), vec![a.to_string()])];
         assert_eq!(

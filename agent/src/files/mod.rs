@@ -91,17 +91,33 @@ pub enum FilesError {
     #[error("secret {secret} is not sealed to node {node} (waited {waited:?} for the secrets controller)")]
     NotSealed { secret: String, node: String, waited: Duration },
     #[error("cannot open secret {secret} on this node: {source}")]
-    Open { secret: String, #[source] source: SealingError },
+    Open {
+        secret: String,
+        #[source]
+        source: SealingError,
+    },
     #[error("{source}")]
-    Path { #[from] source: PathError },
+    Path {
+        #[from]
+        source: PathError,
+    },
     #[error("{what} {name} holds a NUL byte, which environment variable {variable} cannot")]
     NotAVariable { what: &'static str, name: String, variable: String },
     #[error("{what} {name}: {field} {value:?} must be a number")]
     Owner { what: &'static str, name: String, field: &'static str, value: String },
     #[error("config {name}: {source}")]
-    Template { name: String, #[source] source: template::TemplateError },
+    Template {
+        name: String,
+        #[source]
+        source: template::TemplateError,
+    },
     #[error("reading {what} {name}: {source}")]
-    Store { what: &'static str, name: String, #[source] source: StoreError },
+    Store {
+        what: &'static str,
+        name: String,
+        #[source]
+        source: StoreError,
+    },
 }
 
 impl FilesError {
@@ -143,7 +159,8 @@ pub async fn gather(source: &Source<'_>, task: &Task) -> Result<Vec<Delivered>, 
             .ok_or_else(|| FilesError::ConfigNotFound(reference.source.clone()))?;
         configs.push((reference, config));
     }
-    let raw: BTreeMap<String, Vec<u8>> = configs.iter().map(|(r, c)| (r.source.clone(), c.spec.data.0.clone())).collect();
+    let raw: BTreeMap<String, Vec<u8>> =
+        configs.iter().map(|(r, c)| (r.source.clone(), c.spec.data.0.clone())).collect();
     for (reference, config) in &configs {
         let data = match config.spec.template_driver.as_deref() {
             None | Some("") => config.spec.data.0.clone(),
@@ -161,7 +178,12 @@ pub async fn gather(source: &Source<'_>, task: &Task) -> Result<Vec<Delivered>, 
 fn task_file(reference: &FileReference, secret: bool) -> Result<TaskFile, FilesError> {
     let what = if secret { "secret" } else { "config" };
     let number = |field: &'static str, value: &str| {
-        value.trim().parse::<u32>().map_err(|_| FilesError::Owner { what, name: reference.source.clone(), field, value: value.into() })
+        value.trim().parse::<u32>().map_err(|_| FilesError::Owner {
+            what,
+            name: reference.source.clone(),
+            field,
+            value: value.into(),
+        })
     };
     Ok(TaskFile {
         source: reference.source.clone(),
@@ -199,9 +221,15 @@ async fn open_secret(source: &Source<'_>, name: &str) -> Result<Vec<u8>, FilesEr
     let aad = source.store.key_of::<Secret>(name);
     let deadline = tokio::time::Instant::now() + source.wait;
     loop {
-        let secret = source.store.get::<Secret>(name).await.map_err(store_error)?.ok_or_else(|| FilesError::SecretNotFound(name.into()))?;
+        let secret = source
+            .store
+            .get::<Secret>(name)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| FilesError::SecretNotFound(name.into()))?;
         let sealed = secret.spec.sealed.as_ref().ok_or_else(|| FilesError::NoValue(name.into()))?;
-        let copy = source.store.get::<SealedSecret>(&SealedSecret::name_for(name, source.node)).await.map_err(store_error)?;
+        let copy =
+            source.store.get::<SealedSecret>(&SealedSecret::name_for(name, source.node)).await.map_err(store_error)?;
         if let Some(copy) = copy.filter(|c| c.spec.secret_generation == secret.metadata.generation) {
             return open_with_wrapped(source.keys, aad.as_bytes(), &copy.spec.data_key, sealed)
                 .map_err(|e| FilesError::Open { secret: name.into(), source: e });
@@ -218,7 +246,8 @@ async fn open_secret(source: &Source<'_>, name: &str) -> Result<Vec<u8>, FilesEr
 pub fn write_plain(task_dir: &Path, files: &[Delivered]) -> std::io::Result<BTreeMap<String, String>> {
     let mut env = BTreeMap::new();
     for delivered in files {
-        let (dir, var) = if delivered.file.secret { ("secrets", "SHOAL_SECRETS_DIR") } else { ("configs", "SHOAL_CONFIGS_DIR") };
+        let (dir, var) =
+            if delivered.file.secret { ("secrets", "SHOAL_SECRETS_DIR") } else { ("configs", "SHOAL_CONFIGS_DIR") };
         let root = task_dir.join(dir);
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&root)?;
         let path = root.join(paths::below_dir(&delivered.file.path, delivered.file.secret));
@@ -285,7 +314,8 @@ mod tests {
 
     #[test]
     fn exposed_values_keep_their_order_and_a_nul_byte_is_refused() {
-        let mut files = [delivered("/run/secrets/a", true, b"pw"), delivered("/b", false, b"x"), delivered("/c", false, b"y")];
+        let mut files =
+            [delivered("/run/secrets/a", true, b"pw"), delivered("/b", false, b"x"), delivered("/c", false, b"y")];
         files[0].file.env = Some("A".into());
         files[2].file.env = Some("C".into());
         let (names, values) = exposed_env(&files).unwrap();
@@ -300,7 +330,11 @@ mod tests {
     fn without_root_files_land_below_the_task_dirs_with_their_mode() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let env = write_plain(dir.path(), &[delivered("/run/secrets/db", true, b"pw"), delivered("/etc/app/a.conf", false, b"x=1")]).unwrap();
+        let env = write_plain(
+            dir.path(),
+            &[delivered("/run/secrets/db", true, b"pw"), delivered("/etc/app/a.conf", false, b"x=1")],
+        )
+        .unwrap();
         let secrets = PathBuf::from(&env["SHOAL_SECRETS_DIR"]);
         assert_eq!(std::fs::read(secrets.join("db")).unwrap(), b"pw");
         assert_eq!(std::fs::metadata(secrets.join("db")).unwrap().permissions().mode() & 0o777, 0o440);

@@ -40,12 +40,19 @@ pub fn place(files: &[(TaskFile, Content)], staging: &Path) -> io::Result<()> {
     let mut writable: Vec<PathBuf> = Vec::new();
     for (n, (file, content)) in files.iter().enumerate() {
         let path = &file.path;
-        let parent = path.parent().ok_or_else(|| io::Error::other(format!("{}: no parent directory", path.display())))?;
+        let parent =
+            path.parent().ok_or_else(|| io::Error::other(format!("{}: no parent directory", path.display())))?;
         if paths::in_secrets_dir(path) && !writable.iter().any(|w| w == Path::new(SECRETS_DIR)) {
             if !Path::new(SECRETS_DIR).is_dir() {
                 make_dir(Path::new(SECRETS_DIR), staging, &mut writable)?;
             }
-            mount(Some("tmpfs"), Path::new(SECRETS_DIR), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=0755"))?;
+            mount(
+                Some("tmpfs"),
+                Path::new(SECRETS_DIR),
+                Some("tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some("mode=0755"),
+            )?;
             writable.push(SECRETS_DIR.into());
         }
         let in_writable = writable.iter().any(|w| path.starts_with(w));
@@ -56,7 +63,8 @@ pub fn place(files: &[(TaskFile, Content)], staging: &Path) -> io::Result<()> {
             continue;
         }
         make_dir(parent, staging, &mut writable)?;
-        owned(write_file(path, &content.0, file.mode)?, file).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        owned(write_file(path, &content.0, file.mode)?, file)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     }
     Ok(())
 }
@@ -68,7 +76,10 @@ fn make_dir(dir: &Path, staging: &Path, writable: &mut Vec<PathBuf>) -> io::Resu
     if !writable.iter().any(|w| dir.starts_with(w)) {
         let ancestor = if dir.is_dir() { dir.to_path_buf() } else { paths::nearest_existing(dir, Path::is_dir) };
         if ancestor == Path::new("/") {
-            return Err(io::Error::other(format!("{}: only `/` exists above it; create its parent on the node or choose another target", dir.display())));
+            return Err(io::Error::other(format!(
+                "{}: only `/` exists above it; create its parent on the node or choose another target",
+                dir.display()
+            )));
         }
         overlay(&ancestor, staging, writable.len())?;
         writable.push(ancestor);
@@ -96,7 +107,13 @@ fn owned(file: std::fs::File, task_file: &TaskFile) -> io::Result<()> {
     std::os::unix::fs::fchown(&file, Some(task_file.uid), Some(task_file.gid))
 }
 
-fn mount(source: Option<&str>, target: &Path, fstype: Option<&str>, flags: libc::c_ulong, data: Option<&str>) -> io::Result<()> {
+fn mount(
+    source: Option<&str>,
+    target: &Path,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> io::Result<()> {
     let c = |s: &str| CString::new(s).map_err(|_| io::Error::other("NUL in a mount argument"));
     let source = source.map(c).transpose()?;
     let fstype = fstype.map(c).transpose()?;
@@ -105,7 +122,14 @@ fn mount(source: Option<&str>, target: &Path, fstype: Option<&str>, flags: libc:
     let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
     // SAFETY: every pointer is a valid NUL-terminated string or null, alive for the call.
     let rc = unsafe { libc::mount(ptr(&source), target_c.as_ptr(), ptr(&fstype), flags, ptr(&data).cast()) };
-    check(rc, &format!("mount {} on {}", fstype.as_ref().or(source.as_ref()).map_or("-".into(), |s| s.to_string_lossy()), target.display()))
+    check(
+        rc,
+        &format!(
+            "mount {} on {}",
+            fstype.as_ref().or(source.as_ref()).map_or("-".into(), |s| s.to_string_lossy()),
+            target.display()
+        ),
+    )
 }
 
 fn check(rc: libc::c_int, what: &str) -> io::Result<()> {

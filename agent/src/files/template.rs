@@ -63,7 +63,8 @@ pub fn render(driver: &str, template: &[u8], context: &Context<'_>) -> Result<Ve
         out.extend_from_slice(before.as_bytes());
         let close = rest[inner_start..].find("}}").ok_or(TemplateError::Unclosed { line, column })? + inner_start;
         let mut inner = &rest[inner_start..close];
-        let trim_after = inner.ends_with('-') && inner.len() > 1 && inner[..inner.len() - 1].ends_with(char::is_whitespace);
+        let trim_after =
+            inner.ends_with('-') && inner.len() > 1 && inner[..inner.len() - 1].ends_with(char::is_whitespace);
         if trim_after {
             inner = &inner[..inner.len() - 1];
         }
@@ -91,7 +92,12 @@ fn evaluate(action: &str, context: &Context<'_>, line: usize, column: usize) -> 
     }
     let unknown = || TemplateError::Unknown { line, column, action: action.into() };
     let (function, argument) = action.split_once(char::is_whitespace).ok_or_else(unknown)?;
-    let name = argument.trim().strip_prefix('"').and_then(|a| a.strip_suffix('"')).filter(|n| !n.contains('"')).ok_or_else(unknown)?;
+    let name = argument
+        .trim()
+        .strip_prefix('"')
+        .and_then(|a| a.strip_suffix('"'))
+        .filter(|n| !n.contains('"'))
+        .ok_or_else(unknown)?;
     let not_referenced = |kind| TemplateError::NotReferenced { line, column, kind, name: name.into() };
     match function {
         "secret" => context.secrets.get(name).map(|c| c.0.clone()).ok_or_else(|| not_referenced("secret")),
@@ -154,7 +160,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_position_and_never_a_value() {
-        assert_eq!(render_with("ok\n  {{ .Nope }}"), Err(TemplateError::Unknown { line: 2, column: 3, action: ".Nope".into() }));
+        assert_eq!(
+            render_with("ok\n  {{ .Nope }}"),
+            Err(TemplateError::Unknown { line: 2, column: 3, action: ".Nope".into() })
+        );
         assert_eq!(render_with("x {{ .Task.ID"), Err(TemplateError::Unclosed { line: 1, column: 3 }));
         let missing = render_with("{{ secret \"other\" }}").unwrap_err();
         assert_eq!(missing.to_string(), "1:1: secret \"other\" is not referenced by the service");

@@ -65,8 +65,20 @@ impl ProbeConfig {
 
 /// Probes of `true` at the given timings (a second's timeout), for tests.
 #[cfg(test)]
-pub(crate) fn test_probe(interval: Duration, start_interval: Duration, retries: u32, start_period: Duration) -> ProbeConfig {
-    ProbeConfig { argv: vec!["true".into()], interval, timeout: Duration::from_secs(1), retries, start_period, start_interval }
+pub(crate) fn test_probe(
+    interval: Duration,
+    start_interval: Duration,
+    retries: u32,
+    start_period: Duration,
+) -> ProbeConfig {
+    ProbeConfig {
+        argv: vec!["true".into()],
+        interval,
+        timeout: Duration::from_secs(1),
+        retries,
+        start_period,
+        start_interval,
+    }
 }
 
 #[cfg(test)]
@@ -79,11 +91,15 @@ mod tests {
 
     #[test]
     fn cmd_runs_its_arguments_and_cmd_shell_runs_a_shell() {
-        let cmd = ProbeConfig::from_spec(Some(&check(&["CMD", "shoal", "demo", "probe", "http://127.0.0.1/health"]))).unwrap();
+        let cmd = ProbeConfig::from_spec(Some(&check(&["CMD", "shoal", "demo", "probe", "http://127.0.0.1/health"])))
+            .unwrap();
         assert_eq!(cmd.argv, ["shoal", "demo", "probe", "http://127.0.0.1/health"]);
         let shell = ProbeConfig::from_spec(Some(&check(&["CMD-SHELL", "test -f /tmp/ok || exit 1"]))).unwrap();
         assert_eq!(shell.argv, ["/bin/sh", "-c", "test -f /tmp/ok || exit 1"]);
-        assert_eq!((shell.interval, shell.timeout, shell.retries), (Duration::from_secs(30), Duration::from_secs(30), 3));
+        assert_eq!(
+            (shell.interval, shell.timeout, shell.retries),
+            (Duration::from_secs(30), Duration::from_secs(30), 3)
+        );
     }
 
     #[test]
@@ -102,6 +118,9 @@ mod tests {
         zero.start_interval = shoal_crd::Duration(Duration::ZERO);
         zero.retries = 0;
         let probe = ProbeConfig::from_spec(Some(&zero)).unwrap();
-        assert_eq!((probe.interval, probe.timeout, probe.start_interval, probe.retries), (DEFAULT_INTERVAL, DEFAULT_TIMEOUT, DEFAULT_START_INTERVAL, DEFAULT_RETRIES));
+        assert_eq!(
+            (probe.interval, probe.timeout, probe.start_interval, probe.retries),
+            (DEFAULT_INTERVAL, DEFAULT_TIMEOUT, DEFAULT_START_INTERVAL, DEFAULT_RETRIES)
+        );
     }
 }

@@ -48,7 +48,8 @@ impl HealthMonitor {
                 let since_start = started.elapsed();
                 let start = Utc::now();
                 let outcome = run(probe.argv.clone(), probe.timeout).await;
-                let result = ProbeResult { start, end: Utc::now(), exit_code: outcome.exit_code, output: outcome.output };
+                let result =
+                    ProbeResult { start, end: Utc::now(), exit_code: outcome.exit_code, output: outcome.output };
                 tracker.record(result, since_start);
                 if tx.send(tracker.health().clone()).is_err() {
                     return;
@@ -94,7 +95,10 @@ mod tests {
     }
 
     /// A probe answering with the exit codes in turn (the last one forever), counting runs.
-    fn scripted(codes: &'static [i32], runs: Arc<AtomicUsize>) -> impl Fn(Vec<String>, Duration) -> std::future::Ready<Outcome> + Send + 'static {
+    fn scripted(
+        codes: &'static [i32],
+        runs: Arc<AtomicUsize>,
+    ) -> impl Fn(Vec<String>, Duration) -> std::future::Ready<Outcome> + Send + 'static {
         move |_, _| {
             let n = runs.fetch_add(1, Ordering::SeqCst);
             std::future::ready(Outcome { exit_code: codes[n.min(codes.len() - 1)], output: String::new() })
@@ -105,7 +109,12 @@ mod tests {
     async fn the_monitor_probes_on_schedule_and_stops_once_unhealthy() {
         let runs = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
-        let mut monitor = HealthMonitor::spawn(probe(2, Duration::ZERO), TaskHealth::default(), started, scripted(&[0, 1, 1], runs.clone()));
+        let mut monitor = HealthMonitor::spawn(
+            probe(2, Duration::ZERO),
+            TaskHealth::default(),
+            started,
+            scripted(&[0, 1, 1], runs.clone()),
+        );
         let healthy = monitor.changed().await;
         assert_eq!((healthy.status, started.elapsed()), (HealthStatus::Healthy, Duration::from_millis(500)));
         assert_eq!(monitor.changed().await.failing_streak, 1);
@@ -120,7 +129,12 @@ mod tests {
     async fn the_start_period_probes_at_the_start_interval_without_counting_failures() {
         let runs = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
-        let mut monitor = HealthMonitor::spawn(probe(1, Duration::from_secs(1)), TaskHealth::default(), started, scripted(&[1, 1, 1, 0], runs.clone()));
+        let mut monitor = HealthMonitor::spawn(
+            probe(1, Duration::from_secs(1)),
+            TaskHealth::default(),
+            started,
+            scripted(&[1, 1, 1, 0], runs.clone()),
+        );
         for _ in 0..3 {
             let health = monitor.changed().await;
             assert_eq!((health.status, health.failing_streak), (HealthStatus::Starting, 0));
@@ -132,7 +146,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropping_the_monitor_stops_probing() {
         let runs = Arc::new(AtomicUsize::new(0));
-        let mut monitor = HealthMonitor::spawn(probe(3, Duration::ZERO), TaskHealth::default(), Instant::now(), scripted(&[0], runs.clone()));
+        let mut monitor = HealthMonitor::spawn(
+            probe(3, Duration::ZERO),
+            TaskHealth::default(),
+            Instant::now(),
+            scripted(&[0], runs.clone()),
+        );
         monitor.changed().await;
         drop(monitor);
         tokio::time::sleep(Duration::from_secs(10)).await;

@@ -84,7 +84,12 @@ mod tests {
     use HealthStatus::*;
 
     fn probe(retries: u32, start_period: u64) -> ProbeConfig {
-        crate::health::config::test_probe(Duration::from_secs(5), Duration::from_secs(1), retries, Duration::from_secs(start_period))
+        crate::health::config::test_probe(
+            Duration::from_secs(5),
+            Duration::from_secs(1),
+            retries,
+            Duration::from_secs(start_period),
+        )
     }
 
     fn result(exit_code: i32, output: &str) -> ProbeResult {

@@ -68,7 +68,11 @@ pub enum NetworkError {
     #[error("no free address left in the task subnet {0}")]
     Exhausted(ipnet::Ipv4Net),
     #[error("{what}: {source}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Runs `program args…` (feeding `stdin` when given); its stderr becomes the error.
@@ -100,7 +104,11 @@ pub(crate) fn ip(args: &[&str]) -> Result<(), NetworkError> {
 /// Treats "it is already gone" (a link, namespace or nftables table) as done.
 pub(crate) fn already_gone(err: NetworkError) -> Result<(), NetworkError> {
     match &err {
-        NetworkError::Command { message, .. } if message.contains("Cannot find device") || message.contains("No such file or directory") => Ok(()),
+        NetworkError::Command { message, .. }
+            if message.contains("Cannot find device") || message.contains("No such file or directory") =>
+        {
+            Ok(())
+        }
         _ => Err(err),
     }
 }

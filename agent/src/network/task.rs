@@ -126,7 +126,8 @@ pub fn lowest_free(bridge: &Bridge, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
 
 /// `shoal-<task id>`; ids that are not plain names (or are long) are hashed.
 pub fn netns_name(id: &str) -> String {
-    let plain = id.len() <= 40 && !id.starts_with('.') && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let plain =
+        id.len() <= 40 && !id.starts_with('.') && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if plain {
         format!("shoal-{id}")
     } else {

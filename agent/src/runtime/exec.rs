@@ -42,8 +42,14 @@ pub struct ExecOutput {
 /// Runs `argv` as `launch` describes the task, in the mount namespace at
 /// `mnt` when given (`/proc/<pid>/ns/mnt` of the task); `Ok(None)` when it
 /// ran longer than `limit` and was killed.
-pub async fn run(launch: &Launch, mnt: Option<PathBuf>, argv: &[String], limit: Duration) -> io::Result<Option<ExecOutput>> {
-    let (program, args) = argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
+pub async fn run(
+    launch: &Launch,
+    mnt: Option<PathBuf>,
+    argv: &[String],
+    limit: Duration,
+) -> io::Result<Option<ExecOutput>> {
+    let (program, args) =
+        argv.split_first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty command"))?;
     let (reader, writer) = io::pipe()?;
     let mut command = Command::new(program);
     command
@@ -98,7 +104,9 @@ async fn spawn_in(mut command: Command, netns: Option<PathBuf>, mnt: Option<Path
         // The child is registered with this runtime's process driver.
         let _entered = runtime.enter();
         let entered = |path: &Option<PathBuf>, enter: fn(&std::path::Path) -> io::Result<()>, what: &str| match path {
-            Some(path) => enter(path).map_err(|e| io::Error::new(e.kind(), format!("cannot enter the task's {what} namespace {}: {e}", path.display()))),
+            Some(path) => enter(path).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot enter the task's {what} namespace {}: {e}", path.display()))
+            }),
             None => Ok(()),
         };
         let spawned = entered(&netns, sys::enter_netns, "network")
@@ -146,7 +154,11 @@ mod tests {
     #[tokio::test]
     async fn a_command_sees_the_tasks_env_and_working_dir_and_its_output_is_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let out = run(&launch(dir.path()), None, &sh("echo $GREETING; pwd; echo oops >&2; exit 3"), Duration::from_secs(5)).await.unwrap().unwrap();
+        let out =
+            run(&launch(dir.path()), None, &sh("echo $GREETING; pwd; echo oops >&2; exit 3"), Duration::from_secs(5))
+                .await
+                .unwrap()
+                .unwrap();
         assert_eq!(out.exit_code, 3);
         let cwd = dir.path().canonicalize().unwrap();
         assert_eq!(out.output, format!("hello\n{}\noops\n", cwd.display()));
@@ -155,8 +167,13 @@ mod tests {
     #[tokio::test]
     async fn path_lookup_uses_the_default_path_and_a_missing_program_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(run(&launch(dir.path()), None, &["true".into()], Duration::from_secs(5)).await.unwrap().unwrap().exit_code, 0);
-        assert!(run(&launch(dir.path()), None, &["no-such-probe-program".into()], Duration::from_secs(5)).await.is_err());
+        assert_eq!(
+            run(&launch(dir.path()), None, &["true".into()], Duration::from_secs(5)).await.unwrap().unwrap().exit_code,
+            0
+        );
+        assert!(run(&launch(dir.path()), None, &["no-such-probe-program".into()], Duration::from_secs(5))
+            .await
+            .is_err());
     }
 
     #[tokio::test]
@@ -177,7 +194,10 @@ mod tests {
     #[tokio::test]
     async fn output_beyond_4_kib_is_read_and_dropped() {
         let dir = tempfile::tempdir().unwrap();
-        let out = run(&launch(dir.path()), None, &sh("head -c 100000 /dev/zero | tr '\\0' x"), Duration::from_secs(5)).await.unwrap().unwrap();
+        let out = run(&launch(dir.path()), None, &sh("head -c 100000 /dev/zero | tr '\\0' x"), Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((out.exit_code, out.output.len()), (0, MAX_OUTPUT));
     }
 }

@@ -23,19 +23,44 @@ pub use process::ProcessRuntime;
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("preparing task {id}: {source}")]
-    Prepare { id: String, #[source] source: std::io::Error },
+    Prepare {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("starting task {id}: {message}")]
     Start { id: String, message: String },
     #[error("task {id}'s network: {source}")]
-    Network { id: String, #[source] source: NetworkError },
+    Network {
+        id: String,
+        #[source]
+        source: NetworkError,
+    },
     #[error("reading the state of task {id}: {source}")]
-    Inspect { id: String, #[source] source: std::io::Error },
+    Inspect {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("stopping task {id}: {source}")]
-    Stop { id: String, #[source] source: std::io::Error },
+    Stop {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("removing task {id}: {source}")]
-    Remove { id: String, #[source] source: std::io::Error },
+    Remove {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("running {command:?} in task {id}: {source}")]
-    Exec { id: String, command: String, #[source] source: std::io::Error },
+    Exec {
+        id: String,
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{command:?} in task {id} ran longer than {timeout:?} and was killed")]
     ExecTimeout { id: String, command: String, timeout: Duration },
 }
@@ -82,7 +107,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// Waits for the running process to end.
     fn wait(&self, id: &str) -> impl Future<Output = Result<ExitRecord, RuntimeError>> + Send;
     /// Sends `signal`, waits up to `grace`, then SIGKILL; returns the exit.
-    fn stop(&self, id: &str, signal: i32, grace: Duration) -> impl Future<Output = Result<ExitRecord, RuntimeError>> + Send;
+    fn stop(
+        &self,
+        id: &str,
+        signal: i32,
+        grace: Duration,
+    ) -> impl Future<Output = Result<ExitRecord, RuntimeError>> + Send;
     /// Frees what an ended task holds beyond its files — its network
     /// namespace and address — so finished tasks kept for history hold none.
     fn release(&self, id: &str) -> Result<(), RuntimeError>;
@@ -95,5 +125,10 @@ pub trait Runtime: Send + Sync + 'static {
     /// Runs `argv` in the running task's context — its network namespace,
     /// environment, working directory and user — as a health probe does;
     /// killed (an `ExecTimeout`) after `timeout`.
-    fn exec(&self, id: &str, argv: &[String], timeout: Duration) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
+    fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutput, RuntimeError>> + Send;
 }

@@ -82,7 +82,8 @@ impl ProcessRuntime {
                 taken.push(record.address.addr());
             }
         }
-        let address = lowest_free(bridge, &taken).ok_or_else(|| network_error(id, NetworkError::Exhausted(bridge.subnet())))?;
+        let address =
+            lowest_free(bridge, &taken).ok_or_else(|| network_error(id, NetworkError::Exhausted(bridge.subnet())))?;
         let record = NetworkRecord::new(id, bridge, address);
         dir.write_network(&record).map_err(prepare)?;
         Ok(record)
@@ -94,15 +95,24 @@ impl ProcessRuntime {
 
     fn spawn_shim(&self, id: &str, dir: &TaskDir) -> Result<(), RuntimeError> {
         let start_error = |message: String| RuntimeError::Start { id: id.into(), message };
-        let (program, args) = self.shim.split_first().ok_or_else(|| start_error("no shim command configured".into()))?;
-        let has_files = dir.read_launch().map_err(|e| start_error(format!("reading launch.json: {e}")))?.is_some_and(|l| !l.files.is_empty());
+        let (program, args) =
+            self.shim.split_first().ok_or_else(|| start_error("no shim command configured".into()))?;
+        let has_files = dir
+            .read_launch()
+            .map_err(|e| start_error(format!("reading launch.json: {e}")))?
+            .is_some_and(|l| !l.files.is_empty());
         let payload = if has_files {
             let taken = self.payloads.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-            Some(taken.ok_or_else(|| start_error("its configs and secrets are no longer in memory (the agent restarted after preparing it)".into()))?)
+            Some(taken.ok_or_else(|| {
+                start_error(
+                    "its configs and secrets are no longer in memory (the agent restarted after preparing it)".into(),
+                )
+            })?)
         } else {
             None
         };
-        let log = std::fs::File::create(dir.file("shim.log")).map_err(|e| start_error(format!("creating shim.log: {e}")))?;
+        let log =
+            std::fs::File::create(dir.file("shim.log")).map_err(|e| start_error(format!("creating shim.log: {e}")))?;
         let log_err = log.try_clone().map_err(|e| start_error(e.to_string()))?;
         let mut command = tokio::process::Command::new(program);
         let stdin = if payload.is_some() { Stdio::piped() } else { Stdio::null() };
@@ -164,7 +174,10 @@ impl Runtime for ProcessRuntime {
                     let shim_log = std::fs::read_to_string(dir.file("shim.log")).unwrap_or_default();
                     return Err(RuntimeError::Start {
                         id: id.into(),
-                        message: format!("the shim did not start the task within {START_TIMEOUT:?}: {}", shim_log.trim()),
+                        message: format!(
+                            "the shim did not start the task within {START_TIMEOUT:?}: {}",
+                            shim_log.trim()
+                        ),
                     });
                 }
                 _ => sleep(POLL / 5).await,
@@ -183,7 +196,9 @@ impl Runtime for ProcessRuntime {
         }
         match dir.read_pid().map_err(inspect)? {
             // A live shim that has not yet recorded the exit still owns the task.
-            Some(pid) if sys::is_same_process(pid.pid, pid.start_ticks) || shim_alive(&dir) => Ok(Inspection::Running(pid)),
+            Some(pid) if sys::is_same_process(pid.pid, pid.start_ticks) || shim_alive(&dir) => {
+                Ok(Inspection::Running(pid))
+            }
             // Exited between the two reads, or died with its shim.
             Some(_) => Ok(Inspection::Exited(dir.read_exit().map_err(inspect)?.unwrap_or_else(lost))),
             None => Ok(Inspection::Prepared),
@@ -215,7 +230,9 @@ impl Runtime for ProcessRuntime {
         send(libc::SIGKILL)?;
         match timeout(KILL_TIMEOUT, self.wait(id)).await {
             Ok(exit) => exit,
-            Err(_) => Err(RuntimeError::Stop { id: id.into(), source: std::io::Error::other("still running after SIGKILL") }),
+            Err(_) => {
+                Err(RuntimeError::Stop { id: id.into(), source: std::io::Error::other("still running after SIGKILL") })
+            }
         }
     }
 
@@ -242,7 +259,9 @@ impl Runtime for ProcessRuntime {
 
     fn network(&self, id: &str) -> NetworkInfo {
         match self.dir(id).read_network() {
-            Ok(Some(record)) => NetworkInfo { network: TaskNetwork::Namespace, addresses: vec![record.address.to_string()] },
+            Ok(Some(record)) => {
+                NetworkInfo { network: TaskNetwork::Namespace, addresses: vec![record.address.to_string()] }
+            }
             _ => NetworkInfo::default(),
         }
     }
@@ -250,7 +269,11 @@ impl Runtime for ProcessRuntime {
     async fn exec(&self, id: &str, argv: &[String], limit: Duration) -> Result<ExecOutput, RuntimeError> {
         let command = argv.join(" ");
         let failed = |source| RuntimeError::Exec { id: id.into(), command: command.clone(), source };
-        let launch = self.dir(id).read_launch().map_err(failed)?.ok_or_else(|| failed(std::io::Error::other("the task has no launch record")))?;
+        let launch = self
+            .dir(id)
+            .read_launch()
+            .map_err(failed)?
+            .ok_or_else(|| failed(std::io::Error::other("the task has no launch record")))?;
         // A task with configs or secrets has a mount namespace of its own: probes join it.
         let mnt = match self.dir(id).read_pid() {
             Ok(Some(pid)) if !launch.files.is_empty() => Some(PathBuf::from(format!("/proc/{}/ns/mnt", pid.pid))),
@@ -320,7 +343,10 @@ mod tests {
         for id in ["a", "b"] {
             runtime.prepare(id, &launch(data.path()), vec![]).unwrap();
         }
-        assert_eq!((address("a"), address("b")), (vec!["10.200.3.2/24".to_string()], vec!["10.200.3.3/24".to_string()]));
+        assert_eq!(
+            (address("a"), address("b")),
+            (vec!["10.200.3.2/24".to_string()], vec!["10.200.3.3/24".to_string()])
+        );
         assert_eq!(runtime.network("a").network, TaskNetwork::Namespace);
         let netns = runtime.dir("a").read_launch().unwrap().unwrap().netns;
         assert_eq!(netns, Some(PathBuf::from("/run/netns/shoal-a")), "the shim is told which namespace to enter");

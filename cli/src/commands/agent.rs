@@ -116,14 +116,18 @@ pub(crate) fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
     }
     let network = match args.network.as_deref() {
         Some("host") => NetworkMode::Host,
-        Some(_) if !shoal_agent::sys::is_root() => anyhow::bail!("--network namespace needs root; run as root or use --network host"),
+        Some(_) if !shoal_agent::sys::is_root() => {
+            anyhow::bail!("--network namespace needs root; run as root or use --network host")
+        }
         Some(_) => NetworkMode::Namespace,
         None if shoal_agent::sys::is_root() => NetworkMode::Namespace,
         None => NetworkMode::Host,
     };
     let dataplane = match args.dataplane.as_deref() {
         Some("none") => DataPlaneMode::None,
-        Some(_) if !shoal_agent::sys::is_root() => anyhow::bail!("--dataplane nftables needs root; run as root or use --dataplane none"),
+        Some(_) if !shoal_agent::sys::is_root() => {
+            anyhow::bail!("--dataplane nftables needs root; run as root or use --dataplane none")
+        }
         Some(_) => DataPlaneMode::Nftables,
         None if shoal_agent::sys::is_root() => DataPlaneMode::Nftables,
         None => DataPlaneMode::None,

@@ -40,7 +40,9 @@ async fn plan(store: &Store, resources: &[AnyResource]) -> Result<ApplyPlan, Sto
     let mut plan = ApplyPlan::new();
     for resource in resources {
         match resource {
-            AnyResource::Service(s) => plan.add(store, store.get::<Service>(&s.metadata.name).await?.as_ref(), s.clone()),
+            AnyResource::Service(s) => {
+                plan.add(store, store.get::<Service>(&s.metadata.name).await?.as_ref(), s.clone())
+            }
             AnyResource::Config(c) => plan.add(store, store.get::<Config>(&c.metadata.name).await?.as_ref(), c.clone()),
             AnyResource::Secret(s) => plan.add(store, store.get::<Secret>(&s.metadata.name).await?.as_ref(), s.clone()),
         }

@@ -135,7 +135,8 @@ pub async fn run(flags: &StoreFlags, args: ScheduleBenchArgs) -> anyhow::Result<
     let services = args.services.unwrap_or(args.tasks.div_ceil(300)).clamp(1, args.tasks);
     let sizes = Sizes { nodes: args.nodes, tasks: args.tasks, services };
     // The global --etcd-endpoints has a default; only an explicit one means "use it".
-    let explicit = std::env::args().any(|a| a.starts_with("--etcd-endpoints")) || std::env::var_os("SHOAL_ETCD_ENDPOINTS").is_some();
+    let explicit = std::env::args().any(|a| a.starts_with("--etcd-endpoints"))
+        || std::env::var_os("SHOAL_ETCD_ENDPOINTS").is_some();
     let etcd = match (args.no_etcd, explicit) {
         (true, _) => EtcdChoice::Skip,
         (false, true) => EtcdChoice::Existing(flags.config()),
@@ -178,7 +179,8 @@ pub async fn bench(sizes: Sizes, etcd: EtcdChoice, timeout: Duration) -> anyhow:
             Some(binary) => {
                 let dir = Scratch::new("etcd")?;
                 let (mut child, endpoint) = shoal_store::bench::spawn_etcd(&binary, dir.path()).await?;
-                let row = run_backend("etcd", &StoreConfig::for_endpoint(endpoint), sizes, timeout).await.context("etcd");
+                let row =
+                    run_backend("etcd", &StoreConfig::for_endpoint(endpoint), sizes, timeout).await.context("etcd");
                 let _ = child.kill().await;
                 Ok(row?)
             }
@@ -188,7 +190,12 @@ pub async fn bench(sizes: Sizes, etcd: EtcdChoice, timeout: Duration) -> anyhow:
 }
 
 /// One backend: nodes, controllers, simulated agents, then the services.
-async fn run_backend(backend: &'static str, config: &StoreConfig, sizes: Sizes, timeout: Duration) -> anyhow::Result<Row> {
+async fn run_backend(
+    backend: &'static str,
+    config: &StoreConfig,
+    sizes: Sizes,
+    timeout: Duration,
+) -> anyhow::Result<Row> {
     // Separate connections, as separate processes would have.
     let client = Store::connect(config).await?;
     let agents = Store::connect(config).await?;
@@ -211,7 +218,10 @@ async fn run_backend(backend: &'static str, config: &StoreConfig, sizes: Sizes, 
     }
     .await;
     let _ = stop.send(true);
-    if tokio::time::timeout(Duration::from_secs(10), async { while background.join_next().await.is_some() {} }).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), async { while background.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
         background.abort_all();
     }
     let _ = tokio::task::spawn_blocking(move || controllers.join()).await;
@@ -260,7 +270,14 @@ async fn register_nodes(store: &Store, names: &[String]) -> anyhow::Result<Lease
             .iter()
             .map(|name| {
                 let key = heartbeat_key(store.prefix(), name).into_bytes();
-                RequestOp { request: Some(Op::RequestPut(PutRequest { key, value: b"{}".to_vec(), lease: lease.id(), ..Default::default() })) }
+                RequestOp {
+                    request: Some(Op::RequestPut(PutRequest {
+                        key,
+                        value: b"{}".to_vec(),
+                        lease: lease.id(),
+                        ..Default::default()
+                    })),
+                }
             })
             .collect();
         let txn = TxnRequest { compare: vec![], success, failure: vec![] };
@@ -321,7 +338,12 @@ fn running(task: &Task) -> TaskObservation {
     };
     let now = Utc::now();
     let mut observation = TaskObservation::new(task.metadata.name.clone(), spec);
-    observation.status = Some(TaskStatus { state: TaskState::Running, timestamp: Some(now), started_at: Some(now), ..Default::default() });
+    observation.status = Some(TaskStatus {
+        state: TaskState::Running,
+        timestamp: Some(now),
+        started_at: Some(now),
+        ..Default::default()
+    });
     observation
 }
 
@@ -398,7 +420,14 @@ async fn measure(backend: &'static str, client: &Store, sizes: Sizes, timeout: D
         .collect();
     latencies.sort();
     let seconds = last.duration_since(started).as_secs_f64();
-    Ok(Row { backend, tasks: sizes.tasks, running: running.len(), seconds, p50: percentile(&latencies, 0.50), p99: percentile(&latencies, 0.99) })
+    Ok(Row {
+        backend,
+        tasks: sizes.tasks,
+        running: running.len(),
+        seconds,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    })
 }
 
 enum Seen {
@@ -454,7 +483,10 @@ impl Report {
             "scheduling benchmark: {} nodes, {} tasks in {} services (create → all running)\n",
             s.nodes, s.tasks, s.services
         );
-        out += &format!("{:<14} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10}\n", "backend", "tasks", "running", "seconds", "tasks/s", "p50 ms", "p99 ms");
+        out += &format!(
+            "{:<14} {:>8} {:>8} {:>9} {:>9} {:>10} {:>10}\n",
+            "backend", "tasks", "running", "seconds", "tasks/s", "p50 ms", "p99 ms"
+        );
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         for row in [Ok(&self.embedded), self.etcd.as_ref()] {
             match row {
@@ -507,7 +539,10 @@ mod tests {
             Err(why) => assert!(shoal_store::bench::find_etcd().is_none(), "etcd present but not measured: {why}"),
         }
         let table = report.table();
-        assert!(table.lines().any(|l| l.starts_with("embedded ")) && table.lines().any(|l| l.starts_with("etcd ")), "{table}");
+        assert!(
+            table.lines().any(|l| l.starts_with("embedded ")) && table.lines().any(|l| l.starts_with("etcd ")),
+            "{table}"
+        );
     }
 
     #[test]

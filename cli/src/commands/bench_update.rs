@@ -35,7 +35,9 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use futures::{FutureExt, StreamExt};
 use shoal_controllers::Settings;
-use shoal_crd::{FailureAction, HealthCheck, HealthStatus, Service, ServiceSpec, Task, TaskObservation, UpdateOrder, UpdateState};
+use shoal_crd::{
+    FailureAction, HealthCheck, HealthStatus, Service, ServiceSpec, Task, TaskObservation, UpdateOrder, UpdateState,
+};
 use shoal_store::client::watcher::{watcher, WatchEvent};
 use shoal_store::client::{Store, StoreConfig};
 use shoal_store::server::EmbeddedStore;
@@ -82,7 +84,11 @@ struct Setting {
 
 impl Setting {
     fn batches(&self) -> u64 {
-        if self.parallelism == 0 { 1 } else { self.replicas.div_ceil(self.parallelism) }
+        if self.parallelism == 0 {
+            1
+        } else {
+            self.replicas.div_ceil(self.parallelism)
+        }
     }
 
     fn describe(&self) -> String {
@@ -128,7 +134,11 @@ async fn run_in(dir: &std::path::Path, args: UpdateBenchArgs) -> anyhow::Result<
     let server = tokio::spawn(embedded.serve(listener, stopped(store_stopped)));
 
     let (stop, members) = watch::channel(false);
-    let controllers = tokio::spawn(shoal_controllers::run_with(Store::connect(&config).await?, Settings::new("bench-update"), stopped(members.clone())));
+    let controllers = tokio::spawn(shoal_controllers::run_with(
+        Store::connect(&config).await?,
+        Settings::new("bench-update"),
+        stopped(members.clone()),
+    ));
     let agent_config = super::agent::config(super::agent::AgentArgs {
         name: Some("bench-node".into()),
         network: Some("host".into()),
@@ -164,7 +174,11 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 }
 
 /// Notes when each task is first observed ready (the watch event's arrival).
-async fn record_ready(store: Store, ready: Arc<Mutex<HashMap<String, DateTime<Utc>>>>, shutdown: impl Future<Output = ()>) {
+async fn record_ready(
+    store: Store,
+    ready: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut events = watcher::<TaskObservation>(store);
     let shutdown = shutdown.fuse();
     tokio::pin!(shutdown);
@@ -190,7 +204,11 @@ impl Bench {
     async fn measure(&self) -> anyhow::Result<String> {
         self.until_node_ready().await?;
         let a = &self.args;
-        let mut settings: Vec<Setting> = a.parallelism.iter().map(|&p| Setting { replicas: a.replicas, parallelism: p, order: UpdateOrder::StopFirst }).collect();
+        let mut settings: Vec<Setting> = a
+            .parallelism
+            .iter()
+            .map(|&p| Setting { replicas: a.replicas, parallelism: p, order: UpdateOrder::StopFirst })
+            .collect();
         settings.push(Setting { order: UpdateOrder::StartFirst, ..settings[0] });
         let mut rows = Vec::new();
         for (i, setting) in settings.into_iter().enumerate() {
@@ -251,7 +269,12 @@ impl Bench {
         self.until(&format!("{replicas} ready tasks of {name}"), async || {
             let tasks = self.tasks_of(name).await?;
             let ready = self.ready.lock().unwrap();
-            starts = tasks.iter().filter_map(|t| Some((*ready.get(&t.metadata.name)? - t.metadata.created_at?).to_std().unwrap_or_default())).collect();
+            starts = tasks
+                .iter()
+                .filter_map(|t| {
+                    Some((*ready.get(&t.metadata.name)? - t.metadata.created_at?).to_std().unwrap_or_default())
+                })
+                .collect();
             Ok(starts.len() >= replicas)
         })
         .await?;
@@ -282,7 +305,10 @@ impl Bench {
     async fn until_state(&self, name: &str, state: UpdateState) -> anyhow::Result<DateTime<Utc>> {
         self.until(&format!("the update of {name} to be {state:?}"), async || {
             let service = self.store.require::<Service>(name).await?;
-            Ok(service.status.and_then(|s| s.update_status).is_some_and(|u| u.state == state && u.generation == service.metadata.generation))
+            Ok(service
+                .status
+                .and_then(|s| s.update_status)
+                .is_some_and(|u| u.state == state && u.generation == service.metadata.generation))
         })
         .await?;
         Ok(Utc::now())
@@ -315,7 +341,12 @@ impl Bench {
         let paused = self.until_state(name, UpdateState::Paused).await?;
         let mut failed_at = None;
         for task in self.tasks_of(name).await?.into_iter().filter(|t| t.spec.spec.image == V2) {
-            let health = self.store.get::<TaskObservation>(&task.metadata.name).await?.and_then(|o| o.status).and_then(|s| s.health);
+            let health = self
+                .store
+                .get::<TaskObservation>(&task.metadata.name)
+                .await?
+                .and_then(|o| o.status)
+                .and_then(|s| s.health);
             if let Some(health) = health.filter(|h| h.status == HealthStatus::Unhealthy) {
                 failed_at = health.log.last().map(|probe| probe.end);
             }
@@ -329,7 +360,10 @@ impl Bench {
     async fn remove(&self, name: &str) -> anyhow::Result<()> {
         let tasks: Vec<String> = self.tasks_of(name).await?.into_iter().map(|t| t.metadata.name).collect();
         self.store.delete::<Service>(name, None).await?;
-        self.until(&format!("the tasks of {name} to stop"), async || Ok(self.running(|task| tasks.contains(&task.to_string())).await? == 0)).await
+        self.until(&format!("the tasks of {name} to stop"), async || {
+            Ok(self.running(|task| tasks.contains(&task.to_string())).await? == 0)
+        })
+        .await
     }
 
     /// Tasks whose name `of` accepts that their agent reports not ended yet.
@@ -350,13 +384,20 @@ impl Bench {
 
     fn table(&self, rows: &[Row], reactions: &[Duration]) -> String {
         let (monitor, delay) = (self.args.monitor, self.args.delay);
-        let mut out = format!("update time vs ideal (monitor {monitor:?}, delay {delay:?}, health probes every {:?})\n", self.args.health_interval);
-        out += &format!("{:<24} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}\n", "SETTING", "BATCHES", "START", "IDEAL", "TIGHT", "MEASURED", "VS IDEAL", "VS TIGHT");
+        let mut out = format!(
+            "update time vs ideal (monitor {monitor:?}, delay {delay:?}, health probes every {:?})\n",
+            self.args.health_interval
+        );
+        out += &format!(
+            "{:<24} {:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "SETTING", "BATCHES", "START", "IDEAL", "TIGHT", "MEASURED", "VS IDEAL", "VS TIGHT"
+        );
         for row in rows {
             let batches = row.setting.batches() as u32;
             let ideal = (row.start + monitor + delay) * batches;
             let tight = (row.start + monitor) * batches + delay * batches.saturating_sub(1);
-            let ratio = |ideal: Duration| format!("{:+.1}%", (row.measured.as_secs_f64() / ideal.as_secs_f64() - 1.0) * 100.0);
+            let ratio =
+                |ideal: Duration| format!("{:+.1}%", (row.measured.as_secs_f64() / ideal.as_secs_f64() - 1.0) * 100.0);
             out += &format!(
                 "{:<24} {:>7} {:>7.2}s {:>8.2}s {:>8.2}s {:>8.2}s {:>9} {:>9}\n",
                 row.setting.describe(),
@@ -372,7 +413,11 @@ impl Bench {
         if !reactions.is_empty() {
             let ms: Vec<String> = reactions.iter().map(|d| format!("{} ms", d.as_millis())).collect();
             let worst = reactions.iter().max().copied().unwrap_or_default();
-            out += &format!("failing health check → update paused: {} (worst {} ms; goal ≤ 1000 ms)\n", ms.join(", "), worst.as_millis());
+            out += &format!(
+                "failing health check → update paused: {} (worst {} ms; goal ≤ 1000 ms)\n",
+                ms.join(", "),
+                worst.as_millis()
+            );
         }
         out
     }

@@ -66,7 +66,8 @@ pub async fn load_and_publish(store: &Store, path: &Path) -> anyhow::Result<KeyF
             _ => {}
         }
         let key = key_path(store);
-        let put = PutRequest { key: key.clone().into_bytes(), value: serde_json::to_vec(&current)?, ..Default::default() };
+        let put =
+            PutRequest { key: key.clone().into_bytes(), value: serde_json::to_vec(&current)?, ..Default::default() };
         let txn = TxnRequest {
             compare: vec![compare_mod_revision(&key, revision)],
             success: vec![RequestOp { request: Some(Op::RequestPut(put)) }],

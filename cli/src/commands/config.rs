@@ -62,7 +62,11 @@ pub async fn inspect(store: &Store, names: &[String], output: OutputFormat) -> a
 
 /// `-o table` means JSON for `inspect`, as in Docker.
 pub fn structured(output: OutputFormat) -> OutputFormat {
-    if output == OutputFormat::Table { OutputFormat::Json } else { output }
+    if output == OutputFormat::Table {
+        OutputFormat::Json
+    } else {
+        output
+    }
 }
 
 /// The fields Docker's `config inspect` / `secret inspect` show, without data.
@@ -92,7 +96,12 @@ pub async fn ls<R: FileObject>(store: &Store, output: OutputFormat) -> anyhow::R
     let mut table = Table::new(&["ID", "NAME", "CREATED", "UPDATED"]);
     for object in &objects {
         let meta = object.metadata();
-        table.row(vec![short_id(&meta.uid), meta.name.clone(), crate::output::age(meta.created_at), crate::output::age(meta.updated_at)]);
+        table.row(vec![
+            short_id(&meta.uid),
+            meta.name.clone(),
+            crate::output::age(meta.created_at),
+            crate::output::age(meta.updated_at),
+        ]);
     }
     table.print();
     Ok(())
@@ -141,7 +150,8 @@ pub async fn find<R: FileObject>(store: &Store, name_or_id: &str) -> anyhow::Res
         return Ok(object);
     }
     let (all, _) = store.list::<R>().await?;
-    let mut matches = all.into_iter().filter(|o| !name_or_id.is_empty() && full_id(&o.metadata().uid).starts_with(name_or_id));
+    let mut matches =
+        all.into_iter().filter(|o| !name_or_id.is_empty() && full_id(&o.metadata().uid).starts_with(name_or_id));
     match (matches.next(), matches.next()) {
         (Some(object), None) => Ok(object),
         (Some(_), Some(_)) => bail!("{} {name_or_id} is ambiguous: more than one ID starts with it", R::WHAT),
@@ -185,13 +195,17 @@ pub fn parse_file_reference(flag: &str, text: &str) -> anyhow::Result<FileRefere
         reference.source = text.to_string();
     }
     for field in text.split(',').filter(|_| text.contains('=')) {
-        let (key, value) = field.split_once('=').ok_or_else(|| anyhow!("--{flag} {text:?}: expected key=value pairs"))?;
+        let (key, value) =
+            field.split_once('=').ok_or_else(|| anyhow!("--{flag} {text:?}: expected key=value pairs"))?;
         match key {
             "source" | "src" => reference.source = value.to_string(),
             "target" | "dst" | "destination" => reference.target = value.to_string(),
             "uid" => reference.uid = value.to_string(),
             "gid" => reference.gid = value.to_string(),
-            "mode" => reference.mode = parse_mode(value).ok_or_else(|| anyhow!("--{flag} {text:?}: mode {value:?} is not a file mode such as 0440"))?,
+            "mode" => {
+                reference.mode = parse_mode(value)
+                    .ok_or_else(|| anyhow!("--{flag} {text:?}: mode {value:?} is not a file mode such as 0440"))?
+            }
             "env" => reference.env = Some(value.to_string()),
             _ => bail!("--{flag} {text:?}: unknown field {key:?} (allowed: source, target, uid, gid, mode, env)"),
         }
@@ -239,8 +253,15 @@ mod tests {
 
     #[test]
     fn the_long_form_reads_mode_as_octal() {
-        let r = parse_file_reference("config", "source=app.properties,target=/etc/myapp/conf/app.properties,mode=0440,uid=33,gid=33").unwrap();
-        assert_eq!((r.target.as_str(), r.uid.as_str(), r.gid.as_str(), r.mode), ("/etc/myapp/conf/app.properties", "33", "33", 0o440));
+        let r = parse_file_reference(
+            "config",
+            "source=app.properties,target=/etc/myapp/conf/app.properties,mode=0440,uid=33,gid=33",
+        )
+        .unwrap();
+        assert_eq!(
+            (r.target.as_str(), r.uid.as_str(), r.gid.as_str(), r.mode),
+            ("/etc/myapp/conf/app.properties", "33", "33", 0o440)
+        );
         assert_eq!(parse_mode("288"), Some(0o440));
         assert_eq!(parse_mode("0"), Some(0));
         assert_eq!(parse_mode("0999"), None);
@@ -258,7 +279,11 @@ mod tests {
     fn in_use_lists_every_service_that_references_the_object() {
         let mut a = ServiceSpec::from_image("nginx");
         a.configs.push(parse_file_reference("config", "app.properties").unwrap());
-        let services = vec![Service::new("nginx", a.clone()), Service::new("web", a), Service::new("db", ServiceSpec::from_image("pg"))];
+        let services = vec![
+            Service::new("nginx", a.clone()),
+            Service::new("web", a),
+            Service::new("db", ServiceSpec::from_image("pg")),
+        ];
         assert_eq!(users_of::<Config>(&services, "app.properties"), ["nginx", "web"]);
         assert!(users_of::<Secret>(&services, "app.properties").is_empty());
     }

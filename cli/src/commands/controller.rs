@@ -60,7 +60,9 @@ pub async fn run_until(store: Store, args: ControllerArgs, shutdown: impl std::f
         Ok(path) => match super::cluster_key::load_and_publish(&store, &path).await {
             // The secrets loop re-seals secrets to the nodes that need them.
             Ok(file) => settings.sealing_keys = file.keys,
-            Err(err) => tracing::error!(error = %format!("{err:#}"), "secrets cannot be created until the encryption key is published"),
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "secrets cannot be created until the encryption key is published")
+            }
         },
         Err(err) => tracing::error!(error = %format!("{err:#}"), "no --encryption-key-file and no data directory"),
     }

@@ -73,10 +73,15 @@ pub fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     let (host, port, path) = parse_http_url(&args.url)?;
     let deadline = Instant::now() + args.timeout;
     let left = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).context("timed out");
-    let addr = (host.as_str(), port).to_socket_addrs().with_context(|| format!("cannot resolve {host}"))?.next().with_context(|| format!("{host} has no address"))?;
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} has no address"))?;
     let mut stream = TcpStream::connect_timeout(&addr, left()?).with_context(|| format!("cannot connect to {addr}"))?;
     stream.set_write_timeout(Some(left()?))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: shoal-probe\r\n\r\n").context("sending the request")?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: shoal-probe\r\n\r\n")
+        .context("sending the request")?;
     stream.set_read_timeout(Some(left()?))?;
     let mut response = Vec::new();
     stream.take(64 * 1024).read_to_end(&mut response).context("reading the answer")?;
@@ -99,7 +104,9 @@ fn parse_http_url(url: &str) -> anyhow::Result<(String, u16, String)> {
         None => (rest, "/"),
     };
     let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => (host, port.parse().with_context(|| format!("{url:?}: invalid port {port:?}"))?),
+        Some((host, port)) if !port.contains(']') => {
+            (host, port.parse().with_context(|| format!("{url:?}: invalid port {port:?}"))?)
+        }
         _ => (authority, 80),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -123,7 +130,9 @@ pub async fn serve(args: DemoArgs) -> anyhow::Result<()> {
         bail!("refusing to start (--fail-start)");
     }
     let secret_bytes = match &args.secret_file {
-        Some(path) => Some(std::fs::read(path).with_context(|| format!("cannot read secret file {}", path.display()))?.len()),
+        Some(path) => {
+            Some(std::fs::read(path).with_context(|| format!("cannot read secret file {}", path.display()))?.len())
+        }
         None => None,
     };
     if let Some(delay) = args.start_delay {
@@ -145,7 +154,9 @@ pub async fn serve(args: DemoArgs) -> anyhow::Result<()> {
         requests: AtomicU64::new(0),
     });
     let app = Router::new().route("/", get(whoami)).route("/health", get(health)).with_state(demo.clone());
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
     if let Some(file) = &args.addr_file {
         write_addr_file(file, listener.local_addr()?)?;
     }
@@ -157,7 +168,9 @@ pub async fn serve(args: DemoArgs) -> anyhow::Result<()> {
 /// Writes `addr` to `file` whole (a rename), so a probe never reads half of it.
 fn write_addr_file(file: &std::path::Path, addr: SocketAddr) -> anyhow::Result<()> {
     let partial = file.with_extension("partial");
-    std::fs::write(&partial, addr.to_string()).and_then(|()| std::fs::rename(&partial, file)).with_context(|| format!("cannot write {}", file.display()))
+    std::fs::write(&partial, addr.to_string())
+        .and_then(|()| std::fs::rename(&partial, file))
+        .with_context(|| format!("cannot write {}", file.display()))
 }
 
 /// The tag of `$SHOAL_IMAGE`, or "dev".
@@ -217,7 +230,8 @@ mod tests {
             .route("/health", get(|| async { "ok" }))
             .route("/sick", get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "no") }));
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let probe_of = |path: &str| ProbeArgs { url: format!("http://127.0.0.1:{port}{path}"), timeout: Duration::from_secs(2) };
+        let probe_of =
+            |path: &str| ProbeArgs { url: format!("http://127.0.0.1:{port}{path}"), timeout: Duration::from_secs(2) };
         let run = |args| tokio::task::spawn_blocking(move || probe(args));
         assert!(run(probe_of("/health")).await.unwrap().is_ok());
         let sick = run(probe_of("/sick")).await.unwrap().unwrap_err();

@@ -51,6 +51,14 @@ fn print_event(event: &Event, output: OutputFormat) {
 /// `2026-11-26T07:01:02Z  scheduler  Service web_web  assign  placed web_web.3 on node-2`.
 fn line(event: &Event) -> String {
     let s = &event.spec;
-    let object = if s.object.kind.is_empty() { s.object.name.clone() } else { format!("{} {}", s.object.kind, s.object.name) };
-    format!("{}  {:<10} {:<28} {:<14} {}", s.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"), s.controller, object, s.action, s.reason)
+    let object =
+        if s.object.kind.is_empty() { s.object.name.clone() } else { format!("{} {}", s.object.kind, s.object.name) };
+    format!(
+        "{}  {:<10} {:<28} {:<14} {}",
+        s.time.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+        s.controller,
+        object,
+        s.action,
+        s.reason
+    )
 }

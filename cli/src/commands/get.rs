@@ -32,7 +32,13 @@ fn print_table<R: Resource>(objects: &[R]) {
     let mut table = Table::new(&["ID", "NAME", "GENERATION", "CREATED", "UPDATED"]);
     for object in objects {
         let meta = object.metadata();
-        table.row(vec![short_id(&meta.uid), meta.name.clone(), meta.generation.to_string(), age(meta.created_at), age(meta.updated_at)]);
+        table.row(vec![
+            short_id(&meta.uid),
+            meta.name.clone(),
+            meta.generation.to_string(),
+            age(meta.created_at),
+            age(meta.updated_at),
+        ]);
     }
     table.print();
 }

@@ -43,7 +43,12 @@ pub async fn logs(store: &Store, service: &str, follow: bool, tail: Option<usize
             for source in sources_of(row) {
                 if !source.path.exists() {
                     if !remote_reported {
-                        eprintln!("note: {} runs on node {}; its logs are in {} there", source.prefix, node(row), source.path.display());
+                        eprintln!(
+                            "note: {} runs on node {}; its logs are in {} there",
+                            source.prefix,
+                            node(row),
+                            source.path.display()
+                        );
                     }
                     continue;
                 }

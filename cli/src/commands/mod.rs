@@ -2,25 +2,25 @@
 
 pub mod agent;
 pub mod apply;
-pub mod controller;
 pub mod bench;
 pub mod bench_schedule;
 pub mod bench_update;
 pub mod cluster_key;
 pub mod config;
+pub mod controller;
 pub mod demo;
 pub mod events;
+pub mod get;
 pub mod logs;
 pub mod node;
 pub mod rotate;
 pub mod secret;
-pub mod spec_flags;
-pub mod tasks;
-pub mod get;
 pub mod serve;
 pub mod service;
 pub mod service_update;
+pub mod spec_flags;
 pub mod stack;
+pub mod tasks;
 
 use shoal_store::client::Store;
 
@@ -39,7 +39,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             stack::deploy(flags, &compose_file, &name, prune).await
         }
         Command::Stack(StackCommand::Ls { output }) => stack::ls(&connect(flags).await?, output).await,
-        Command::Stack(StackCommand::Services { name, output }) => stack::services(&connect(flags).await?, &name, output).await,
+        Command::Stack(StackCommand::Services { name, output }) => {
+            stack::services(&connect(flags).await?, &name, output).await
+        }
         Command::Stack(StackCommand::Rm { names }) => stack::rm(&connect(flags).await?, &names).await,
         Command::Stack(StackCommand::Ps { name, no_trunc, output }) => {
             stack::ps(&connect(flags).await?, &name, output, no_trunc).await
@@ -53,25 +55,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             service::ps(&connect(flags).await?, &names, output, no_trunc).await
         }
         Command::Node(NodeCommand::Ls { output }) => node::ls(&connect(flags).await?, output).await,
-        Command::Node(NodeCommand::Inspect { names, output }) => node::inspect(&connect(flags).await?, &names, output).await,
+        Command::Node(NodeCommand::Inspect { names, output }) => {
+            node::inspect(&connect(flags).await?, &names, output).await
+        }
         Command::Node(NodeCommand::Update(args)) => node::update(&connect(flags).await?, &args).await,
         Command::Config(command) => file_objects::config(&connect(flags).await?, command).await,
         Command::Secret(command) => file_objects::secret(&connect(flags).await?, command).await,
         Command::Events { watch, output } => events::events(&connect(flags).await?, watch, output).await,
         Command::Service(ServiceCommand::Ls { output }) => service::ls(&connect(flags).await?, output).await,
-        Command::Service(ServiceCommand::Inspect { names, output }) => service::inspect(&connect(flags).await?, &names, output).await,
+        Command::Service(ServiceCommand::Inspect { names, output }) => {
+            service::inspect(&connect(flags).await?, &names, output).await
+        }
         Command::Service(ServiceCommand::Rm { names }) => service::rm(&connect(flags).await?, &names).await,
         Command::Service(ServiceCommand::Update(args)) => service_update::update(&connect(flags).await?, &args).await,
         Command::Service(ServiceCommand::Rollback { to_revision, detach, name }) => {
             service_update::rollback(&connect(flags).await?, &name, to_revision, detach).await
         }
-        Command::Service(ServiceCommand::History { name }) => service_update::history(&connect(flags).await?, &name).await,
+        Command::Service(ServiceCommand::History { name }) => {
+            service_update::history(&connect(flags).await?, &name).await
+        }
         Command::Apply { file } => apply::apply(flags, &file).await,
         Command::Get { kind, name, output } => get::get(&connect(flags).await?, &kind, name.as_deref(), output).await,
         Command::Delete { kind, name } => get::delete(&connect(flags).await?, &kind, &name).await,
         Command::Schema { kind } => get::schema(&kind),
         Command::Demo(crate::args::DemoCommand::Serve(args)) => demo::serve(args).await,
-        Command::Demo(crate::args::DemoCommand::Probe(args)) => tokio::task::spawn_blocking(move || demo::probe(args)).await?,
+        Command::Demo(crate::args::DemoCommand::Probe(args)) => {
+            tokio::task::spawn_blocking(move || demo::probe(args)).await?
+        }
         Command::Bench(crate::args::BenchCommand::Store(args)) => bench::store(args).await,
         Command::Bench(crate::args::BenchCommand::Schedule(args)) => bench_schedule::run(flags, args).await,
         Command::Bench(crate::args::BenchCommand::Update(args)) => bench_update::run(args).await,

@@ -19,7 +19,10 @@ pub async fn ls(store: &Store, output: OutputFormat) -> anyhow::Result<()> {
         let status = node.status.clone().unwrap_or_default();
         let running = tasks
             .iter()
-            .filter(|t| t.spec.node_id.as_deref() == Some(node.metadata.name.as_str()) && t.spec.desired_state == TaskState::Running)
+            .filter(|t| {
+                t.spec.node_id.as_deref() == Some(node.metadata.name.as_str())
+                    && t.spec.desired_state == TaskState::Running
+            })
             .count();
         table.row(vec![
             short_id(&node.metadata.uid),

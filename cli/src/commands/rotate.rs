@@ -29,7 +29,11 @@ pub async fn secret(store: &Store, name: &str, file: &str) -> anyhow::Result<()>
     let data = read_value::<Secret>(file)?;
     let key = public_key(store).await?;
     new_version(store, name, |secret: &mut Secret| {
-        let value = SecretValue { name: secret.metadata.name.clone(), labels: secret.metadata.labels.clone(), data: data.clone() };
+        let value = SecretValue {
+            name: secret.metadata.name.clone(),
+            labels: secret.metadata.labels.clone(),
+            data: data.clone(),
+        };
         secret.spec = super::secret::sealed(store, &key, &value, Some(secret))?.spec;
         Ok(())
     })
@@ -38,7 +42,11 @@ pub async fn secret(store: &Store, name: &str, file: &str) -> anyhow::Result<()>
 
 /// Applies `change` to object `name` with compare-and-swap (retried on a
 /// conflict); prints `NAME vN` and, on stderr, the services that roll.
-async fn new_version<R: FileObject>(store: &Store, name: &str, change: impl Fn(&mut R) -> anyhow::Result<()>) -> anyhow::Result<()> {
+async fn new_version<R: FileObject>(
+    store: &Store,
+    name: &str,
+    change: impl Fn(&mut R) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     for _ in 0..5 {
         let current = find::<R>(store, name).await?;
         let mut next = current.clone();

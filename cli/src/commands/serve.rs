@@ -34,7 +34,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         encryption_key_file: Some(super::cluster_key::default_key_file(Some(&data_dir))?),
         ..Default::default()
     };
-    let controllers = tokio::spawn(super::controller::run_until(client.clone(), controller_args, members_stopped.clone()));
+    let controllers =
+        tokio::spawn(super::controller::run_until(client.clone(), controller_args, members_stopped.clone()));
     let agent = if args.no_agent {
         None
     } else {
@@ -75,8 +76,10 @@ pub async fn store(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 async fn open_store(data_dir: &std::path::Path, args: &ServeArgs) -> anyhow::Result<(EmbeddedStore, TcpListener)> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    let store = EmbeddedStore::open(data_dir).with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    let store =
+        EmbeddedStore::open(data_dir).with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
     let listener = TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {} (is another store or etcd running there?)", args.listen))?;

@@ -67,7 +67,8 @@ pub async fn print_services(store: &Store, services: &[Service], output: OutputF
         let name = &service.metadata.name;
         let spec = &view["spec"];
         let mode = spec["mode"].as_str().unwrap_or("replicated").to_string();
-        let desired = if mode == "global" { "-".to_string() } else { spec["replicas"].as_u64().unwrap_or(0).to_string() };
+        let desired =
+            if mode == "global" { "-".to_string() } else { spec["replicas"].as_u64().unwrap_or(0).to_string() };
         table.row(vec![
             short_id(&service.metadata.uid),
             name.clone(),
@@ -84,7 +85,9 @@ pub async fn print_services(store: &Store, services: &[Service], output: OutputF
 /// ` (updating)`, ` (paused)`, … while a rolling update is not finished.
 fn update_suffix(service: &Service) -> String {
     match service.status.as_ref().and_then(|s| s.update_status.as_ref()).map(|u| u.state) {
-        Some(state) if !matches!(state, shoal_crd::UpdateState::Completed | shoal_crd::UpdateState::RollbackCompleted) => {
+        Some(state)
+            if !matches!(state, shoal_crd::UpdateState::Completed | shoal_crd::UpdateState::RollbackCompleted) =>
+        {
             format!(" ({})", state.as_str())
         }
         _ => String::new(),
@@ -96,7 +99,9 @@ async fn running_tasks(store: &Store) -> anyhow::Result<BTreeMap<String, usize>>
     let rows = super::tasks::task_rows(store, |_| true).await?;
     let mut running = BTreeMap::new();
     for row in rows {
-        if row.state().0 == shoal_crd::TaskState::Running && row.task.spec.desired_state == shoal_crd::TaskState::Running {
+        if row.state().0 == shoal_crd::TaskState::Running
+            && row.task.spec.desired_state == shoal_crd::TaskState::Running
+        {
             *running.entry(row.task.spec.service_name.clone()).or_default() += 1;
         }
     }
@@ -193,7 +198,8 @@ fn uuid_suffix() -> String {
 pub async fn scale(store: &Store, targets: &[String]) -> anyhow::Result<()> {
     let mut parsed = Vec::new();
     for target in targets {
-        let (name, n) = target.split_once('=').ok_or_else(|| anyhow::anyhow!("{target:?}: expected SERVICE=REPLICAS"))?;
+        let (name, n) =
+            target.split_once('=').ok_or_else(|| anyhow::anyhow!("{target:?}: expected SERVICE=REPLICAS"))?;
         let n: u64 = n.parse().map_err(|_| anyhow::anyhow!("{target:?}: replicas must be a whole number ≥ 0"))?;
         parsed.push((name.to_string(), n));
     }
@@ -218,7 +224,8 @@ pub async fn update_with_retry(
     change: impl Fn(&mut shoal_crd::ServiceSpec) -> anyhow::Result<()>,
 ) -> anyhow::Result<Service> {
     for _ in 0..5 {
-        let mut service = store.get::<Service>(name).await?.ok_or_else(|| anyhow::anyhow!("no such service: {name}"))?;
+        let mut service =
+            store.get::<Service>(name).await?.ok_or_else(|| anyhow::anyhow!("no such service: {name}"))?;
         change(&mut service.spec)?;
         match store.update(service).await {
             Ok(updated) => return Ok(updated),

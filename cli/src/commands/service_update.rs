@@ -102,7 +102,8 @@ fn change(spec: &mut ServiceSpec, args: &ServiceUpdateArgs) -> anyhow::Result<()
         spec.image = image.clone();
     }
     for pair in &args.env_add {
-        let (key, value) = pair.split_once('=').ok_or_else(|| anyhow::anyhow!("--env-add {pair:?}: expected KEY=VALUE"))?;
+        let (key, value) =
+            pair.split_once('=').ok_or_else(|| anyhow::anyhow!("--env-add {pair:?}: expected KEY=VALUE"))?;
         spec.env.insert(key.to_string(), value.to_string());
     }
     for key in &args.env_rm {
@@ -162,10 +163,14 @@ fn resume(service: &mut Service) -> bool {
 /// `shoal service rollback [--to-revision N] NAME`.
 pub async fn rollback(store: &Store, name: &str, to_revision: Option<i64>, detach: bool) -> anyhow::Result<()> {
     let (written, _) = write_with_retry(store, name, |service, refs| {
-        let target = match to_revision {
-            Some(n) => refs.iter().find(|r| r.spec.revision == n).copied().with_context(|| format!("{name} has no revision {n} (`shoal service history {name}` lists them)"))?,
-            None => previous(&service.spec, refs).with_context(|| format!("{name} has no previous revision to roll back to"))?,
-        };
+        let target =
+            match to_revision {
+                Some(n) => refs.iter().find(|r| r.spec.revision == n).copied().with_context(|| {
+                    format!("{name} has no revision {n} (`shoal service history {name}` lists them)")
+                })?,
+                None => previous(&service.spec, refs)
+                    .with_context(|| format!("{name} has no previous revision to roll back to"))?,
+            };
         let spec = restored(&service.spec, &target.spec.spec);
         if spec.same_template(&service.spec) {
             bail!("{name} already runs the spec of revision {}", target.spec.revision);
@@ -191,8 +196,10 @@ pub async fn rollback(store: &Store, name: &str, to_revision: Option<i64>, detac
 
 /// The revisions of this incarnation of `service`, oldest first.
 fn revisions_of<'a>(service: &Service, all: &'a [ServiceRevision]) -> Vec<&'a ServiceRevision> {
-    let mut mine: Vec<&ServiceRevision> =
-        all.iter().filter(|r| r.spec.service == service.metadata.name && r.spec.service_uid == service.metadata.uid).collect();
+    let mut mine: Vec<&ServiceRevision> = all
+        .iter()
+        .filter(|r| r.spec.service == service.metadata.name && r.spec.service_uid == service.metadata.uid)
+        .collect();
     mine.sort_by_key(|r| r.spec.revision);
     mine
 }
@@ -206,7 +213,8 @@ async fn write_with_retry(
     change: impl Fn(&mut Service, &[&ServiceRevision]) -> anyhow::Result<bool>,
 ) -> anyhow::Result<(Service, bool)> {
     for _ in 0..5 {
-        let mut service = store.get::<Service>(name).await?.ok_or_else(|| anyhow::anyhow!("no such service: {name}"))?;
+        let mut service =
+            store.get::<Service>(name).await?.ok_or_else(|| anyhow::anyhow!("no such service: {name}"))?;
         let (all, _) = store.list::<ServiceRevision>().await?;
         let before = service.clone();
         let follow = change(&mut service, &revisions_of(&before, &all))?;
@@ -231,7 +239,12 @@ pub async fn history(store: &Store, name: &str) -> anyhow::Result<()> {
     let mut table = Table::new(&["REVISION", "CREATED", "IMAGE", "CHANGE-CAUSE"]);
     for r in &revisions {
         let mark = if Some(r.spec.revision) == current { " (current)" } else { "" };
-        table.row(vec![format!("{}{mark}", r.spec.revision), age(r.metadata.created_at), r.spec.spec.image.clone(), r.spec.change_cause.clone()]);
+        table.row(vec![
+            format!("{}{mark}", r.spec.revision),
+            age(r.metadata.created_at),
+            r.spec.spec.image.clone(),
+            r.spec.change_cause.clone(),
+        ]);
     }
     table.print();
     Ok(())
@@ -257,7 +270,8 @@ async fn follow(store: &Store, name: &str, generation: i64, expect: Expect) -> a
         let service = store.get::<Service>(name).await?.ok_or_else(|| anyhow::anyhow!("service {name} was removed"))?;
         let rows = task_rows(store, |s| s == name).await?;
         let progress = Progress::of(&service, &rows);
-        let update = service.status.as_ref().and_then(|s| s.update_status.as_ref()).filter(|u| u.generation >= generation);
+        let update =
+            service.status.as_ref().and_then(|s| s.update_status.as_ref()).filter(|u| u.generation >= generation);
         let state = update.map(|u| u.state);
         let done = match (expect, state) {
             (_, Some(UpdateState::Paused | UpdateState::RollbackPaused)) => {
@@ -273,7 +287,8 @@ async fn follow(store: &Store, name: &str, generation: i64, expect: Expect) -> a
                 let why = rollback_reason.unwrap_or_else(|| "the update failed".into());
                 bail!("{why}; rollback completed");
             }
-            (Expect::Update, Some(UpdateState::Completed)) | (Expect::Rollback, Some(UpdateState::RollbackCompleted)) => progress.converged(),
+            (Expect::Update, Some(UpdateState::Completed))
+            | (Expect::Rollback, Some(UpdateState::RollbackCompleted)) => progress.converged(),
             (Expect::Converged, Some(UpdateState::Updating | UpdateState::RollbackStarted)) => false,
             (Expect::Converged, _) => progress.converged(),
             _ => false,
@@ -297,7 +312,9 @@ impl Progress {
     fn of(service: &Service, rows: &[TaskRow]) -> Self {
         let desired = service.spec.replicas.unwrap_or(0) as usize;
         let mut slots: Vec<(String, TaskState, bool)> = Vec::new();
-        let key = |r: &TaskRow| r.task.spec.slot.map_or_else(|| r.task.spec.node_id.clone().unwrap_or_default(), |n| format!("{n:>6}"));
+        let key = |r: &TaskRow| {
+            r.task.spec.slot.map_or_else(|| r.task.spec.node_id.clone().unwrap_or_default(), |n| format!("{n:>6}"))
+        };
         let mut live: Vec<&TaskRow> = rows.iter().filter(|r| r.task.spec.desired_state <= TaskState::Running).collect();
         live.sort_by_key(|r| (key(r), r.task.metadata.created_at));
         for row in live {
@@ -332,7 +349,11 @@ impl Progress {
         for (slot, state, ready) in &self.slots {
             let step = if *ready { 7 } else { (*state as usize).min(6) };
             let filled = BAR * step / 7;
-            let bar = if filled >= BAR { format!("{}>", "=".repeat(BAR)) } else { format!("{}>{}", "=".repeat(filled), " ".repeat(BAR - filled)) };
+            let bar = if filled >= BAR {
+                format!("{}>", "=".repeat(BAR))
+            } else {
+                format!("{}>{}", "=".repeat(filled), " ".repeat(BAR - filled))
+            };
             let word = if *ready { "running".to_string() } else { format!("{state:?}").to_lowercase() };
             out += &format!("{slot}/{total}: {word:<9} [{bar}]\n");
         }
@@ -342,7 +363,8 @@ impl Progress {
 
 /// Running, and healthy if it has a healthcheck, as its agent reports.
 fn ready(row: &TaskRow) -> bool {
-    let observed = row.observation.as_ref().filter(|o| o.spec.task_uid.is_empty() || o.spec.task_uid == row.task.metadata.uid);
+    let observed =
+        row.observation.as_ref().filter(|o| o.spec.task_uid.is_empty() || o.spec.task_uid == row.task.metadata.uid);
     observed.and_then(|o| o.status.as_ref()).is_some_and(|s| s.is_ready())
 }
 
@@ -397,7 +419,10 @@ mod tests {
         change(&mut spec, &args("--secret-rm db-password --secret-add source=db-password-v2,target=db-password,env=DB_PASSWORD --config-rm app --config-add app-v2 web")).unwrap();
         assert_eq!(spec.secrets.len(), 1);
         let secret = &spec.secrets[0];
-        assert_eq!((secret.source.as_str(), secret.target.as_str(), secret.env.as_deref()), ("db-password-v2", "/run/secrets/db-password", Some("DB_PASSWORD")));
+        assert_eq!(
+            (secret.source.as_str(), secret.target.as_str(), secret.env.as_deref()),
+            ("db-password-v2", "/run/secrets/db-password", Some("DB_PASSWORD"))
+        );
         assert_eq!((spec.configs.len(), spec.configs[0].target.as_str()), (1, "/app-v2"));
         assert!(!before.same_template(&spec), "one rolling update");
     }

@@ -187,7 +187,9 @@ impl SpecFlags {
     fn apply_placement(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {
         spec.placement.constraints.extend(self.constraints.iter().cloned());
         for pref in &self.placement_prefs {
-            let label = pref.strip_prefix("spread=").ok_or_else(|| anyhow!("--placement-pref {pref:?}: expected spread=node.labels.KEY"))?;
+            let label = pref
+                .strip_prefix("spread=")
+                .ok_or_else(|| anyhow!("--placement-pref {pref:?}: expected spread=node.labels.KEY"))?;
             spec.placement.preferences.push(PlacementPreference { spread: label.to_string() });
         }
         if let Some(n) = self.replicas_max_per_node {
@@ -329,15 +331,19 @@ fn parse_publish(text: &str) -> anyhow::Result<Vec<shoal_crd::PortConfig>> {
     }
     let mut port = serde_json::Map::new();
     for field in text.split(',') {
-        let (key, value) = field.split_once('=').with_context(|| format!("--publish {text:?}: expected key=value pairs"))?;
+        let (key, value) =
+            field.split_once('=').with_context(|| format!("--publish {text:?}: expected key=value pairs"))?;
         let value = match key {
-            "published" | "target" => serde_json::Value::from(value.parse::<u16>().with_context(|| format!("--publish {text:?}: {key} must be a port number"))?),
+            "published" | "target" => serde_json::Value::from(
+                value.parse::<u16>().with_context(|| format!("--publish {text:?}: {key} must be a port number"))?,
+            ),
             "protocol" | "mode" => serde_json::Value::from(value),
             _ => bail!("--publish {text:?}: unknown field {key:?} (allowed: published, target, protocol, mode)"),
         };
         port.insert(key.to_string(), value);
     }
-    let port: shoal_crd::PortConfig = serde_json::from_value(port.into()).map_err(|e| anyhow!("--publish {text:?}: {e}"))?;
+    let port: shoal_crd::PortConfig =
+        serde_json::from_value(port.into()).map_err(|e| anyhow!("--publish {text:?}: {e}"))?;
     Ok(vec![port])
 }
 
@@ -351,7 +357,12 @@ mod tests {
         let before = spec.clone();
         SpecFlags::default().apply(&mut spec).unwrap();
         assert_eq!(spec, before);
-        let flags = SpecFlags { replicas: Some(5), restart_condition: Some("on-failure".into()), env: vec!["A=1".into()], ..Default::default() };
+        let flags = SpecFlags {
+            replicas: Some(5),
+            restart_condition: Some("on-failure".into()),
+            env: vec!["A=1".into()],
+            ..Default::default()
+        };
         flags.apply(&mut spec).unwrap();
         assert_eq!(spec.replicas, Some(5));
         assert_eq!(spec.env.get("A").map(String::as_str), Some("1"));

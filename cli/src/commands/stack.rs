@@ -10,8 +10,8 @@ use shoal_crd::{Config, Resource, Secret, Service};
 use shoal_store::client::{ApplyPlan, Change, Store};
 
 use super::service::print_services;
-use crate::store_flags::StoreFlags;
 use crate::output::{print_structured, OutputFormat, Table};
+use crate::store_flags::StoreFlags;
 
 /// Label every object of a stack carries, as `docker stack deploy` sets it.
 pub const STACK_LABEL: &str = shoal_crd::STACK_NAMESPACE_LABEL;
@@ -147,7 +147,8 @@ pub async fn rm(store: &Store, names: &[String]) -> anyhow::Result<()> {
 
 /// `shoal stack ps NAME`: the tasks of every service of the stack.
 pub async fn ps(store: &Store, name: &str, output: OutputFormat, no_trunc: bool) -> anyhow::Result<()> {
-    let services: Vec<String> = in_stack(store.list::<Service>().await?.0, name).into_iter().map(|s| s.metadata.name).collect();
+    let services: Vec<String> =
+        in_stack(store.list::<Service>().await?.0, name).into_iter().map(|s| s.metadata.name).collect();
     if services.is_empty() {
         bail!("nothing found in stack: {name}");
     }

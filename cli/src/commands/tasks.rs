@@ -33,7 +33,10 @@ impl TaskRow {
     /// The current state: the agent's observation when it is about this
     /// very task, else what the controllers recorded.
     pub fn state(&self) -> (TaskState, String, Option<chrono::DateTime<chrono::Utc>>) {
-        let current = self.observation.as_ref().filter(|o| o.spec.task_uid.is_empty() || o.spec.task_uid == self.task.metadata.uid);
+        let current = self
+            .observation
+            .as_ref()
+            .filter(|o| o.spec.task_uid.is_empty() || o.spec.task_uid == self.task.metadata.uid);
         let status = match current.and_then(|o| o.status.as_ref()) {
             Some(status) => status.clone(),
             None => self.task.status.clone().unwrap_or_default(),
@@ -57,7 +60,8 @@ impl TaskRow {
 
     fn is_error(&self) -> bool {
         let (state, message, _) = self.state();
-        matches!(state, TaskState::Failed | TaskState::Rejected | TaskState::Orphaned) || (state == TaskState::Pending && !message.is_empty())
+        matches!(state, TaskState::Failed | TaskState::Rejected | TaskState::Orphaned)
+            || (state == TaskState::Pending && !message.is_empty())
     }
 }
 
@@ -65,7 +69,8 @@ impl TaskRow {
 pub async fn task_rows(store: &Store, keep: impl Fn(&str) -> bool) -> anyhow::Result<Vec<TaskRow>> {
     let (tasks, _) = store.list::<Task>().await?;
     let (observations, _) = store.list::<TaskObservation>().await?;
-    let mut observed: HashMap<String, TaskObservation> = observations.into_iter().map(|o| (o.metadata.name.clone(), o)).collect();
+    let mut observed: HashMap<String, TaskObservation> =
+        observations.into_iter().map(|o| (o.metadata.name.clone(), o)).collect();
     let mut rows: Vec<TaskRow> = tasks
         .into_iter()
         .filter(|t| keep(&t.spec.service_name))
@@ -73,7 +78,8 @@ pub async fn task_rows(store: &Store, keep: impl Fn(&str) -> bool) -> anyhow::Re
         .collect();
     // Slot order, newest first within a slot.
     rows.sort_by(|a, b| {
-        (a.display_name(), std::cmp::Reverse(a.task.metadata.created_at)).cmp(&(b.display_name(), std::cmp::Reverse(b.task.metadata.created_at)))
+        (a.display_name(), std::cmp::Reverse(a.task.metadata.created_at))
+            .cmp(&(b.display_name(), std::cmp::Reverse(b.task.metadata.created_at)))
     });
     Ok(rows)
 }
@@ -91,7 +97,8 @@ pub fn print_tasks(rows: &[TaskRow], output: OutputFormat, no_trunc: bool) -> an
         previous_name = name;
         let (state, message, when) = row.state();
         let id = if no_trunc { row.task.metadata.name.clone() } else { short_id(&row.task.metadata.name) };
-        let error = if row.is_error() { truncate(&message, if no_trunc { usize::MAX } else { 40 }) } else { String::new() };
+        let error =
+            if row.is_error() { truncate(&message, if no_trunc { usize::MAX } else { 40 }) } else { String::new() };
         table.row(vec![
             id,
             shown_name,

@@ -41,7 +41,8 @@ pub fn default_service_cidr() -> Ipv4Net {
 /// Parses a `--service-cidr`: an IPv4 CIDR with room for at least one VIP
 /// besides `.1`, not overlapping the task addresses' cluster CIDR.
 pub fn parse_service_cidr(text: &str) -> Result<Ipv4Net, String> {
-    let cidr = text.parse::<Ipv4Net>().map_err(|e| format!("{text:?} is not an IPv4 CIDR such as 10.96.0.0/16: {e}"))?.trunc();
+    let cidr =
+        text.parse::<Ipv4Net>().map_err(|e| format!("{text:?} is not an IPv4 CIDR such as 10.96.0.0/16: {e}"))?.trunc();
     if cidr.prefix_len() > 29 {
         return Err(format!("service CIDR {cidr} is too small: use a /29 or larger"));
     }
@@ -71,7 +72,10 @@ impl Taken {
             taken.vips.extend(spec.vip.as_deref().and_then(|v| v.parse::<Ipv4Addr>().ok()));
             for port in spec.ports.iter().filter(|p| p.publish_mode == PublishMode::Ingress) {
                 if let Some(published) = port.published {
-                    taken.ports.entry((protocol(port.protocol), published)).or_insert_with(|| endpoints.metadata.name.clone());
+                    taken
+                        .ports
+                        .entry((protocol(port.protocol), published))
+                        .or_insert_with(|| endpoints.metadata.name.clone());
                 }
             }
         }
@@ -98,7 +102,9 @@ pub fn allocate(service: &Service, current: Option<&EndpointsSpec>, taken: &Take
     let dnsrr = service.spec.endpoint_mode == EndpointMode::Dnsrr;
     if !dnsrr {
         let kept = current.and_then(|c| c.vip.as_deref()).and_then(|v| v.parse::<Ipv4Addr>().ok());
-        allocation.vip = kept.filter(|vip| usable(*vip, cidr) && !taken.vips.contains(vip)).or_else(|| lowest_free_vip(cidr, &taken.vips));
+        allocation.vip = kept
+            .filter(|vip| usable(*vip, cidr) && !taken.vips.contains(vip))
+            .or_else(|| lowest_free_vip(cidr, &taken.vips));
         if allocation.vip.is_none() {
             allocation.refused.push(format!("no virtual IP left in service CIDR {cidr}"));
         }
@@ -109,7 +115,12 @@ pub fn allocate(service: &Service, current: Option<&EndpointsSpec>, taken: &Take
     let mut claimed: BTreeSet<PortKey> = BTreeSet::new();
     let mut slots: Vec<Option<EndpointPort>> = vec![None; service.spec.ports.len()];
     for (i, port) in service.spec.ports.iter().enumerate() {
-        let mut out = EndpointPort { protocol: port.protocol, target: port.target, published: port.published, publish_mode: port.mode };
+        let mut out = EndpointPort {
+            protocol: port.protocol,
+            target: port.target,
+            published: port.published,
+            publish_mode: port.mode,
+        };
         if port.mode == PublishMode::Host {
             slots[i] = Some(out);
             continue;
@@ -125,9 +136,13 @@ pub fn allocate(service: &Service, current: Option<&EndpointsSpec>, taken: &Take
         let Some(published) = port.published else { continue };
         let key = (protocol(port.protocol), published);
         if let Some(holder) = taken.ports.get(&key) {
-            allocation.refused.push(format!("port {published}/{} is already published by service {holder}", protocol(port.protocol)));
+            allocation
+                .refused
+                .push(format!("port {published}/{} is already published by service {holder}", protocol(port.protocol)));
         } else if !claimed.insert(key) {
-            allocation.refused.push(format!("port {published}/{} is published twice by this service", protocol(port.protocol)));
+            allocation
+                .refused
+                .push(format!("port {published}/{} is published twice by this service", protocol(port.protocol)));
         } else {
             out.published = Some(published);
             slots[i] = Some(out);
@@ -170,11 +185,20 @@ fn assign_auto_ports(
             None => AUTO_PORTS.clone().find(|p| free(*p, claimed)),
         };
         let Some(published) = published else {
-            refused.push(format!("target port {}/{}: no free port left in 30000-32767", port.target, protocol(port.protocol)));
+            refused.push(format!(
+                "target port {}/{}: no free port left in 30000-32767",
+                port.target,
+                protocol(port.protocol)
+            ));
             continue;
         };
         claimed.insert((protocol(port.protocol), published));
-        slots[i] = Some(EndpointPort { protocol: port.protocol, target: port.target, published: Some(published), publish_mode: port.mode });
+        slots[i] = Some(EndpointPort {
+            protocol: port.protocol,
+            target: port.target,
+            published: Some(published),
+            publish_mode: port.mode,
+        });
     }
 }
 
@@ -205,7 +229,10 @@ mod tests {
 
     fn service(name: &str, ports: &[(u16, Option<u16>, PublishMode)]) -> Service {
         let mut spec = ServiceSpec::from_image("demo");
-        spec.ports = ports.iter().map(|&(target, published, mode)| PortConfig { target, published, protocol: PortProtocol::Tcp, mode }).collect();
+        spec.ports = ports
+            .iter()
+            .map(|&(target, published, mode)| PortConfig { target, published, protocol: PortProtocol::Tcp, mode })
+            .collect();
         let mut service = Service::new(name, spec);
         service.metadata.uid = format!("uid-{name}");
         service
@@ -251,7 +278,8 @@ mod tests {
         assert_eq!(published(&other), [Some(30001)]);
         // Re-running for web, with api holding things too, moves nothing.
         let api_endpoints = endpoints(&api, &other);
-        let again = allocate(&web, Some(&web_endpoints.spec), &Taken::by_others([&web_endpoints, &api_endpoints], "web"), cidr);
+        let again =
+            allocate(&web, Some(&web_endpoints.spec), &Taken::by_others([&web_endpoints, &api_endpoints], "web"), cidr);
         assert_eq!(again, first);
     }
 
@@ -300,7 +328,11 @@ mod tests {
         assert_eq!(a.vip, None);
         assert_eq!(published(&a), [Some(5433)], "host-mode ports stay");
         assert_eq!(a.refused.len(), 1);
-        assert!(a.refused[0].starts_with("port 5432/tcp: ingress-published ports need endpoint mode vip"), "{:?}", a.refused);
+        assert!(
+            a.refused[0].starts_with("port 5432/tcp: ingress-published ports need endpoint mode vip"),
+            "{:?}",
+            a.refused
+        );
     }
 
     #[test]
@@ -312,7 +344,8 @@ mod tests {
         let b = allocate(&service("b", &[]), None, &Taken::by_others([&held], "b"), cidr);
         assert_eq!((b.vip, b.refused), (None, vec!["no virtual IP left in service CIDR 10.1.0.0/30".to_string()]));
 
-        let taken = Taken { ports: AUTO_PORTS.map(|p| (("tcp", p), "big".to_string())).collect(), ..Default::default() };
+        let taken =
+            Taken { ports: AUTO_PORTS.map(|p| (("tcp", p), "big".to_string())).collect(), ..Default::default() };
         let c = allocate(&service("c", &[(80, None, INGRESS)]), None, &taken, default_service_cidr());
         assert!(c.ports.is_empty());
         assert_eq!(c.refused, ["target port 80/tcp: no free port left in 30000-32767"]);

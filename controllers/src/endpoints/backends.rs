@@ -61,13 +61,15 @@ pub fn change(old: &[Backend], new: &[Backend], candidates: &[Candidate]) -> Opt
     }
     let named = |task: &str| {
         let candidate = candidates.iter().find(|c| c.view.name() == task);
-        let display = candidate.map_or_else(|| task.to_string(), |c| format!("{} ({task})", c.view.task.display_name()));
+        let display =
+            candidate.map_or_else(|| task.to_string(), |c| format!("{} ({task})", c.view.task.display_name()));
         (display, candidate)
     };
     let mut reasons = Vec::new();
     for gone in old.iter().filter(|b| !new.iter().any(|n| n.task == b.task)) {
         let (display, candidate) = named(&gone.task);
-        let why = candidate.map_or_else(|| "deleted".to_string(), |c| c.judge().err().unwrap_or_else(|| "moved".into()));
+        let why =
+            candidate.map_or_else(|| "deleted".to_string(), |c| c.judge().err().unwrap_or_else(|| "moved".into()));
         reasons.push(format!("task {display} {why}"));
     }
     for came in new.iter().filter(|b| !old.iter().any(|o| o.task == b.task)) {
@@ -84,7 +86,10 @@ mod tests {
     use std::sync::Arc;
 
     use chrono::Utc;
-    use shoal_crd::{HealthStatus, NodeSpec, NodeState, NodeStatus, Service, ServiceSpec, Task, TaskHealth, TaskObservationSpec, TaskState, TaskStatus};
+    use shoal_crd::{
+        HealthStatus, NodeSpec, NodeState, NodeStatus, Service, ServiceSpec, Task, TaskHealth, TaskObservationSpec,
+        TaskState, TaskStatus,
+    };
 
     use super::*;
     use crate::tasks::new_task;
@@ -137,7 +142,8 @@ mod tests {
         let t = task(1);
         assert_eq!(judge(t.clone(), &observed(&t, TaskState::Starting, &[]), &up).unwrap_err(), "not ready (starting)");
         let mut probed = observed(&t, TaskState::Running, &[]);
-        probed.status.as_mut().unwrap().health = Some(TaskHealth { status: HealthStatus::Starting, ..Default::default() });
+        probed.status.as_mut().unwrap().health =
+            Some(TaskHealth { status: HealthStatus::Starting, ..Default::default() });
         assert!(judge(t.clone(), &probed, &up).is_err(), "a probed task waits for healthy");
         probed.status.as_mut().unwrap().health.as_mut().unwrap().status = HealthStatus::Healthy;
         assert!(judge(t.clone(), &probed, &up).is_ok());
@@ -164,13 +170,24 @@ mod tests {
     fn changes_are_explained_in_one_line() {
         let up = node(NodeState::Ready);
         let (t1, t2) = (task(1), task(2));
-        let (o1, o2) = (observed(&t1, TaskState::Running, &["10.200.3.5/24"]), observed(&t2, TaskState::Running, &["10.200.3.6/24"]));
+        let (o1, o2) = (
+            observed(&t1, TaskState::Running, &["10.200.3.5/24"]),
+            observed(&t2, TaskState::Running, &["10.200.3.6/24"]),
+        );
         let mut stopping = (*t2).clone();
         stopping.spec.desired_state = TaskState::Shutdown;
         let before = [TaskView::new(t1.clone(), Some(&o1)), TaskView::new(t2.clone(), Some(&o2))];
         let after = [TaskView::new(t1.clone(), Some(&o1)), TaskView::new(Arc::new(stopping), Some(&o2))];
-        fn on<'a>(views: &'a [TaskView; 2], observations: [&'a TaskObservation; 2], node: &'a Node) -> Vec<Candidate<'a>> {
-            views.iter().zip(observations).map(|(view, o)| Candidate { view, observation: Some(o), node: Some(node) }).collect()
+        fn on<'a>(
+            views: &'a [TaskView; 2],
+            observations: [&'a TaskObservation; 2],
+            node: &'a Node,
+        ) -> Vec<Candidate<'a>> {
+            views
+                .iter()
+                .zip(observations)
+                .map(|(view, o)| Candidate { view, observation: Some(o), node: Some(node) })
+                .collect()
         }
         let candidates = |views| on(views, [&o1, &o2], &up);
         let (old, new) = (select(&candidates(&before)), select(&candidates(&after)));

@@ -67,7 +67,14 @@ impl Context {
     /// the returned task is aborted.
     pub fn start(store: Store, caches: Caches, service_cidr: Ipv4Net) -> (Self, JoinHandle<()>) {
         let (endpoints, task) = reflector::<Endpoints>(store.clone());
-        let ctx = Self { store, caches, endpoints, service_cidr, recorder: Recorder::new(NAME), expectations: Expectations::new() };
+        let ctx = Self {
+            store,
+            caches,
+            endpoints,
+            service_cidr,
+            recorder: Recorder::new(NAME),
+            expectations: Expectations::new(),
+        };
         (ctx, task)
     }
 }
@@ -78,12 +85,15 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
     let (by_task, by_node, refused) = (caches.clone(), caches.clone(), caches.services.clone());
     Controller::new(NAME, caches.services.clone())
         .watches(caches.tasks.clone(), |task: &Task| vec![task.spec.service_name.clone()])
-        .watches(caches.observations.clone(), move |o: &TaskObservation| by_task.service_of_task(&o.metadata.name).into_iter().collect())
+        .watches(caches.observations.clone(), move |o: &TaskObservation| {
+            by_task.service_of_task(&o.metadata.name).into_iter().collect()
+        })
         .watches(caches.nodes.clone(), move |node| services_on(&by_node, &node.metadata.name))
         // A service's Endpoints changed or went: services refused a port
         // or a VIP may get it now.
         .watches(ctx.endpoints.clone(), move |e: &Endpoints| {
-            let waiting = refused.list().into_iter().filter(|s| s.status.as_ref().is_some_and(|s| !s.endpoint_error.is_empty()));
+            let waiting =
+                refused.list().into_iter().filter(|s| s.status.as_ref().is_some_and(|s| !s.endpoint_error.is_empty()));
             std::iter::once(e.metadata.name.clone()).chain(waiting.map(|s| s.metadata.name.clone())).collect()
         })
         .concurrency(1)
@@ -95,8 +105,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
 /// The services with a task on `node`.
 fn services_on(caches: &Caches, node: &str) -> Vec<String> {
     let tasks = caches.tasks.list();
-    let services: BTreeSet<&str> =
-        tasks.iter().filter(|t| t.spec.node_id.as_deref() == Some(node)).map(|t| t.spec.service_name.as_str()).collect();
+    let services: BTreeSet<&str> = tasks
+        .iter()
+        .filter(|t| t.spec.node_id.as_deref() == Some(node))
+        .map(|t| t.spec.service_name.as_str())
+        .collect();
     services.into_iter().map(str::to_string).collect()
 }
 
@@ -132,7 +145,11 @@ pub async fn reconcile(key: String, service: Option<Arc<Service>>, ctx: Arc<Cont
     let candidates: Vec<Candidate> = views
         .iter()
         .zip(&nodes)
-        .map(|((view, observation), node)| Candidate { view, observation: observation.as_deref(), node: node.as_deref() })
+        .map(|((view, observation), node)| Candidate {
+            view,
+            observation: observation.as_deref(),
+            node: node.as_deref(),
+        })
         .collect();
     let spec = EndpointsSpec {
         service: key.clone(),
@@ -168,11 +185,18 @@ async fn write(ctx: &Context, plan: impl FnOnce(&mut Batch)) -> Result<(), Store
 }
 
 /// What changed from `old` to `new`, as decision lines (action, reason).
-fn decisions(old: &EndpointsSpec, new: &EndpointsSpec, candidates: &[Candidate], cidr: Ipv4Net) -> Vec<(String, String)> {
+fn decisions(
+    old: &EndpointsSpec,
+    new: &EndpointsSpec,
+    candidates: &[Candidate],
+    cidr: Ipv4Net,
+) -> Vec<(String, String)> {
     let mut lines = Vec::new();
     if old.vip != new.vip {
         let reason = match (&old.vip, &new.vip) {
-            (_, Some(_)) if old.service_uid != new.service_uid => format!("new service: allocated from service CIDR {cidr}"),
+            (_, Some(_)) if old.service_uid != new.service_uid => {
+                format!("new service: allocated from service CIDR {cidr}")
+            }
             (Some(was), Some(_)) => format!("{was} is no longer valid or is held by another service"),
             (Some(_), None) => "endpoint mode dnsrr has no virtual IP".to_string(),
             _ => format!("allocated from service CIDR {cidr}"),
@@ -185,11 +209,15 @@ fn decisions(old: &EndpointsSpec, new: &EndpointsSpec, candidates: &[Candidate],
             .iter()
             .map(|p| {
                 let published = p.published.map_or("-".to_string(), |p| p.to_string());
-                format!("{published}→{}/{} ({:?})", p.target, allocate::protocol(p.protocol), p.publish_mode).to_lowercase()
+                format!("{published}→{}/{} ({:?})", p.target, allocate::protocol(p.protocol), p.publish_mode)
+                    .to_lowercase()
             })
             .collect();
         let ports = if ports.is_empty() { "none".to_string() } else { ports.join(", ") };
-        lines.push((format!("ports {ports}"), "published as the spec asks; ports it leaves open come from 30000-32767".to_string()));
+        lines.push((
+            format!("ports {ports}"),
+            "published as the spec asks; ports it leaves open come from 30000-32767".to_string(),
+        ));
     }
     lines.extend(backends::change(&old.backends, &new.backends, candidates));
     lines

@@ -77,7 +77,12 @@ async fn watch_forever(store: Store, tx: watch::Sender<Option<BTreeSet<String>>>
 async fn list_then_watch(store: &Store, tx: &watch::Sender<Option<BTreeSet<String>>>) -> Result<(), StoreError> {
     let prefix = format!("{}/{HEARTBEATS}/", store.prefix());
     let etcd = store.etcd();
-    let range = RangeRequest { key: prefix.clone().into_bytes(), range_end: prefix_range_end(prefix.as_bytes()), keys_only: true, ..Default::default() };
+    let range = RangeRequest {
+        key: prefix.clone().into_bytes(),
+        range_end: prefix_range_end(prefix.as_bytes()),
+        keys_only: true,
+        ..Default::default()
+    };
     let listed = etcd.unary(etcd.kv().range(range)).await?;
     let revision = listed.header.map(|h| h.revision).unwrap_or_default();
     let node_of = |key: &[u8]| String::from_utf8_lossy(key).strip_prefix(&prefix).map(str::to_string);

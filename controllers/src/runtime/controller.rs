@@ -76,7 +76,11 @@ impl<R: Resource> Controller<R> {
     /// another kind (e.g. a Task → its Service). A changed object is mapped
     /// both as it was and as it is, so a key it left is reconciled too.
     /// The first reconcile also waits for this reader to be ready.
-    pub fn watches<O: Resource>(mut self, reader: Reader<O>, mapper: impl Fn(&O) -> Vec<String> + Send + Sync + 'static) -> Self {
+    pub fn watches<O: Resource>(
+        mut self,
+        reader: Reader<O>,
+        mapper: impl Fn(&O) -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
         self.add_trigger(reader, mapper);
         self
     }
@@ -121,7 +125,11 @@ impl<R: Resource> Controller<R> {
         self
     }
 
-    fn add_trigger<O: Resource>(&mut self, reader: Reader<O>, mapper: impl Fn(&O) -> Vec<String> + Send + Sync + 'static) {
+    fn add_trigger<O: Resource>(
+        &mut self,
+        reader: Reader<O>,
+        mapper: impl Fn(&O) -> Vec<String> + Send + Sync + 'static,
+    ) {
         let mut gate = reader.clone();
         self.gates.push(async move { gate.wait_until_ready().await }.boxed());
         self.feeders.push(Box::new(move |queue| feed(reader, mapper, queue).boxed()));
@@ -134,8 +142,13 @@ impl<R: Resource> Controller<R> {
     /// `reconcile(key, current object or None if deleted, ctx)`; on `Err`,
     /// `error_policy(key, err, ctx)` says when to retry — never sooner than
     /// the key's backoff.
-    pub async fn run<C, E, Rec, Fut, Pol>(self, reconcile: Rec, error_policy: Pol, ctx: Arc<C>, shutdown: impl Future<Output = ()>)
-    where
+    pub async fn run<C, E, Rec, Fut, Pol>(
+        self,
+        reconcile: Rec,
+        error_policy: Pol,
+        ctx: Arc<C>,
+        shutdown: impl Future<Output = ()>,
+    ) where
         C: Send + Sync + 'static,
         E: std::fmt::Display + Send + 'static,
         Rec: Fn(String, Option<Arc<R>>, Arc<C>) -> Fut + Send + Sync + 'static,
@@ -188,6 +201,10 @@ impl<R: Resource> Controller<R> {
     }
 }
 
+/// Longest a reconcile may run before it is abandoned and retried (every
+/// store call inside has its own, shorter deadline; this guards the rest).
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One reconcile of `key`, ending with [`WorkQueue::finish`].
 async fn reconcile_one<R, C, E, Rec, Fut, Pol>(
     controller: Arc<str>,
@@ -204,7 +221,13 @@ async fn reconcile_one<R, C, E, Rec, Fut, Pol>(
     Pol: Fn(&str, &E, &C) -> Action,
 {
     let deleted = object.is_none();
-    match reconcile(key.clone(), object, ctx.clone()).await {
+    let Ok(result) = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile(key.clone(), object, ctx.clone())).await else {
+        // A reconcile must not hold its key forever: give it up and retry.
+        let retry = queue.finish(&key, Outcome::Failed(Some(Duration::ZERO)));
+        tracing::error!(controller = %controller, object = %key, timeout = ?RECONCILE_TIMEOUT, retry_in = ?retry, "reconcile timed out");
+        return;
+    };
+    match result {
         Ok(action) => {
             let requeue = queue.finish(&key, Outcome::Done(action.requeue_after()));
             tracing::debug!(controller = %controller, object = %key, deleted, requeue = ?requeue, "reconciled");
@@ -219,7 +242,12 @@ async fn reconcile_one<R, C, E, Rec, Fut, Pol>(
 
 /// Handles a finished reconcile task; a panicked one is finished here as
 /// a failure so its key is not stuck "being reconciled" forever.
-fn settle(controller: &str, queue: &WorkQueue, keys: &mut HashMap<Id, String>, joined: Result<(Id, ()), tokio::task::JoinError>) {
+fn settle(
+    controller: &str,
+    queue: &WorkQueue,
+    keys: &mut HashMap<Id, String>,
+    joined: Result<(Id, ()), tokio::task::JoinError>,
+) {
     let id = match &joined {
         Ok((id, ())) => *id,
         Err(err) => err.id(),
@@ -343,10 +371,7 @@ mod tests {
         assert_eq!(touched(&mut seen, vec![a.clone(), b.clone(), c.clone()]).len(), 3);
         // b changed, c deleted, d new; a is the same Arc.
         let current = vec![a.clone(), node("b", 2), node("d", 1)];
-        assert_eq!(
-            touched(&mut seen, current),
-            [("b".into(), 1), ("b".into(), 2), ("c".into(), 1), ("d".into(), 1)]
-        );
+        assert_eq!(touched(&mut seen, current), [("b".into(), 1), ("b".into(), 2), ("c".into(), 1), ("d".into(), 1)]);
         // A relist hands out new Arcs of equal versions: nothing changed.
         let relisted = vec![node("a", 1), node("b", 2), node("d", 1)];
         assert!(touched(&mut seen, relisted).is_empty());

@@ -38,7 +38,13 @@ impl Decision {
     /// A decision about `object` as it is cached.
     pub fn about<R: Resource>(object: &R, action: impl Into<String>, reason: impl Into<String>) -> Self {
         let meta = object.metadata();
-        Self { kind: R::KIND, object: meta.name.clone(), generation: meta.generation, action: action.into(), reason: reason.into() }
+        Self {
+            kind: R::KIND,
+            object: meta.name.clone(),
+            generation: meta.generation,
+            action: action.into(),
+            reason: reason.into(),
+        }
     }
 
     /// A decision about an object that is gone (or was never read).

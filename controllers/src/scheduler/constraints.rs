@@ -82,7 +82,10 @@ impl Constraint {
         let actual = match &self.key {
             Attribute::Id => node.metadata.name.clone(),
             Attribute::Hostname => status.hostname,
-            Attribute::Role => serde_json::to_value(node.spec.role).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+            Attribute::Role => serde_json::to_value(node.spec.role)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
             Attribute::Label(label) => node.spec.labels.get(label).cloned().unwrap_or_default(),
             Attribute::PlatformOs => status.platform.os,
             Attribute::PlatformArch => arch_family(&status.platform.architecture).to_string(),

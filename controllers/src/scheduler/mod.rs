@@ -55,7 +55,13 @@ pub struct Context {
 
 impl Context {
     pub fn new(store: Store, caches: Caches) -> Self {
-        Self { store, caches, recorder: Recorder::new(NAME), expectations: Expectations::new(), waiting: Mutex::default() }
+        Self {
+            store,
+            caches,
+            recorder: Recorder::new(NAME),
+            expectations: Expectations::new(),
+            waiting: Mutex::default(),
+        }
     }
 
     fn waiting(&self) -> Vec<String> {
@@ -141,7 +147,12 @@ pub async fn reconcile(key: String, service: Option<Arc<Service>>, ctx: Arc<Cont
                         continue;
                     }
                     pending.push(reason.clone());
-                    TaskStatus { state: TaskState::Pending, message: reason, timestamp: Some(now), ..TaskStatus::default() }
+                    TaskStatus {
+                        state: TaskState::Pending,
+                        message: reason,
+                        timestamp: Some(now),
+                        ..TaskStatus::default()
+                    }
                 }
             };
             next.status = Some(status);
@@ -185,7 +196,13 @@ fn candidates(caches: &Caches, service: &str) -> Vec<Candidate> {
     candidates
 }
 
-fn record(recorder: &Recorder, service: Option<&Service>, key: &str, assigned: &BTreeMap<String, usize>, pending: &[String]) {
+fn record(
+    recorder: &Recorder,
+    service: Option<&Service>,
+    key: &str,
+    assigned: &BTreeMap<String, usize>,
+    pending: &[String],
+) {
     let decide = |action: String, reason: String| match service {
         Some(service) => Decision::about(service, action, reason),
         None => Decision::about_name(key, action, reason),
@@ -193,7 +210,8 @@ fn record(recorder: &Recorder, service: Option<&Service>, key: &str, assigned: &
     if !assigned.is_empty() {
         let total: usize = assigned.values().sum();
         let spread: Vec<String> = assigned.iter().map(|(node, n)| format!("{node}={n}")).collect();
-        recorder.record(&decide(format!("assigned {total} task(s)"), format!("spread over nodes: {}", spread.join(", "))));
+        recorder
+            .record(&decide(format!("assigned {total} task(s)"), format!("spread over nodes: {}", spread.join(", "))));
     }
     if let Some(reason) = pending.first() {
         recorder.record(&decide(format!("{} task(s) pending", pending.len()), reason.clone()));

@@ -166,7 +166,8 @@ fn best(demand: &Demand, candidates: &[Candidate]) -> Option<usize> {
         })
         .collect();
     let score = |c: &Candidate| {
-        let spread: Vec<u64> = demand.spread.iter().zip(&groups).map(|(label, counts)| counts[&label_of(c, label)]).collect();
+        let spread: Vec<u64> =
+            demand.spread.iter().zip(&groups).map(|(label, counts)| counts[&label_of(c, label)]).collect();
         (spread, c.service_tasks, c.total_tasks)
     };
     candidates
@@ -241,7 +242,10 @@ mod tests {
         let mut drained = (*nodes[2].node).clone();
         drained.spec.availability = Availability::Drain;
         nodes[2] = Candidate::idle(Arc::new(drained));
-        let demand = Demand { constraints: Constraint::parse_all(&["node.labels.zone==a".into()]).unwrap(), ..Demand::default() };
+        let demand = Demand {
+            constraints: Constraint::parse_all(&["node.labels.zone==a".into()]).unwrap(),
+            ..Demand::default()
+        };
         assert_eq!(
             place(&demand, &mut nodes, 1),
             [Err("no suitable node (1 node not available for new tasks; 2 nodes had constraint mismatch)".to_string())]
@@ -251,7 +255,10 @@ mod tests {
     #[test]
     fn only_matching_nodes_get_constrained_tasks() {
         let mut nodes = vec![node("a", &[("zone", "a")]), node("b", &[("zone", "b")])];
-        let demand = Demand { constraints: Constraint::parse_all(&["node.labels.zone==a".into()]).unwrap(), ..Demand::default() };
+        let demand = Demand {
+            constraints: Constraint::parse_all(&["node.labels.zone==a".into()]).unwrap(),
+            ..Demand::default()
+        };
         assert_eq!(counts(&place(&demand, &mut nodes, 3))["a"], 3);
     }
 

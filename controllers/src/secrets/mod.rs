@@ -41,7 +41,12 @@ pub enum SecretsError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot re-seal secret {secret} for node {node}: {source}")]
-    Reseal { secret: String, node: String, #[source] source: SealingError },
+    Reseal {
+        secret: String,
+        node: String,
+        #[source]
+        source: SealingError,
+    },
 }
 
 /// What the secrets loop's reconciles share.
@@ -77,13 +82,18 @@ impl Context {
 /// Runs the secrets loop until `shutdown`.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
     if ctx.keys.is_empty() {
-        tracing::warn!(controller = NAME, "no --encryption-key-file: secrets are not sealed to nodes, tasks using secrets cannot start");
+        tracing::warn!(
+            controller = NAME,
+            "no --encryption-key-file: secrets are not sealed to nodes, tasks using secrets cannot start"
+        );
         shutdown.await;
         return;
     }
     let tasks = ctx.caches.tasks.clone();
     Controller::new(NAME, ctx.secrets.clone())
-        .watches(ctx.caches.tasks.clone(), |task: &Task| task.spec.spec.secrets.iter().map(|s| s.source.clone()).collect())
+        .watches(ctx.caches.tasks.clone(), |task: &Task| {
+            task.spec.spec.secrets.iter().map(|s| s.source.clone()).collect()
+        })
         .watches(ctx.caches.nodes.clone(), move |node: &Node| secrets_on_node(&tasks.list(), node))
         .watches(ctx.sealed.clone(), |copy: &SealedSecret| vec![copy.spec.secret.clone()])
         .resync_every(RESYNC)
@@ -98,8 +108,15 @@ fn needs_secrets(task: &Task) -> bool {
 
 /// The secrets the tasks on `node` use (a node's key changed: re-seal them).
 fn secrets_on_node(tasks: &[Arc<Task>], node: &Node) -> Vec<String> {
-    let on_node = |t: &&Arc<Task>| t.spec.node_id.as_deref().is_some_and(|n| n == node.metadata.name || n == node.metadata.uid);
-    tasks.iter().filter(on_node).flat_map(|t| t.spec.spec.secrets.iter().map(|s| s.source.clone())).collect::<BTreeSet<_>>().into_iter().collect()
+    let on_node =
+        |t: &&Arc<Task>| t.spec.node_id.as_deref().is_some_and(|n| n == node.metadata.name || n == node.metadata.uid);
+    tasks
+        .iter()
+        .filter(on_node)
+        .flat_map(|t| t.spec.spec.secrets.iter().map(|s| s.source.clone()))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// The nodes that need `secret`, by node name, with why (a task's name).
@@ -125,19 +142,28 @@ pub async fn reconcile(name: String, secret: Option<Arc<Secret>>, ctx: Arc<Conte
     let copies: Vec<Arc<SealedSecret>> = ctx.sealed.list().into_iter().filter(|c| c.spec.secret == name).collect();
     for copy in copies.iter().filter(|c| !needing.contains_key(&c.spec.node)) {
         ctx.store.delete::<SealedSecret>(&copy.metadata.name, Some(copy.metadata.resource_version)).await?;
-        let reason = if secret.is_some() { "no task on the node uses the secret any more" } else { "the secret was removed" };
-        ctx.recorder.record(&Decision::about_name(&name, format!("removed the copy sealed to node {}", copy.spec.node), reason));
+        let reason =
+            if secret.is_some() { "no task on the node uses the secret any more" } else { "the secret was removed" };
+        ctx.recorder.record(&Decision::about_name(
+            &name,
+            format!("removed the copy sealed to node {}", copy.spec.node),
+            reason,
+        ));
     }
     let (Some(secret), false) = (secret, needing.is_empty()) else { return Ok(Action::await_change()) };
     let sealed = secret.spec.sealed.as_ref().expect("needing is empty without a value");
     let mut missing_keys = Vec::new();
     for (node_name, task) in &needing {
-        let Some(key) = nodes.iter().find(|n| &n.metadata.name == node_name).and_then(|n| n.status.as_ref()?.sealing_key.clone()) else {
+        let Some(key) =
+            nodes.iter().find(|n| &n.metadata.name == node_name).and_then(|n| n.status.as_ref()?.sealing_key.clone())
+        else {
             missing_keys.push(node_name.clone());
             continue;
         };
         let current = copies.iter().find(|c| &c.spec.node == node_name);
-        if current.is_some_and(|c| c.spec.secret_generation == secret.metadata.generation && c.spec.data_key.key_id == key.key_id) {
+        if current.is_some_and(|c| {
+            c.spec.secret_generation == secret.metadata.generation && c.spec.data_key.key_id == key.key_id
+        }) {
             continue;
         }
         let spec = seal_for(&ctx, &secret, node_name, &key, &sealed.data_key)?;
@@ -162,11 +188,25 @@ pub async fn reconcile(name: String, secret: Option<Arc<Secret>>, ctx: Arc<Conte
     Ok(Action::await_change())
 }
 
-fn seal_for(ctx: &Context, secret: &Secret, node: &str, key: &PublicKey, data_key: &shoal_crd::sealing::WrappedKey) -> Result<SealedSecretSpec, SecretsError> {
+fn seal_for(
+    ctx: &Context,
+    secret: &Secret,
+    node: &str,
+    key: &PublicKey,
+    data_key: &shoal_crd::sealing::WrappedKey,
+) -> Result<SealedSecretSpec, SecretsError> {
     let aad = ctx.store.key_of::<Secret>(&secret.metadata.name);
-    let wrapped = rewrap(&ctx.keys, aad.as_bytes(), data_key, key)
-        .map_err(|source| SecretsError::Reseal { secret: secret.metadata.name.clone(), node: node.into(), source })?;
-    Ok(SealedSecretSpec { secret: secret.metadata.name.clone(), node: node.into(), secret_generation: secret.metadata.generation, data_key: wrapped })
+    let wrapped = rewrap(&ctx.keys, aad.as_bytes(), data_key, key).map_err(|source| SecretsError::Reseal {
+        secret: secret.metadata.name.clone(),
+        node: node.into(),
+        source,
+    })?;
+    Ok(SealedSecretSpec {
+        secret: secret.metadata.name.clone(),
+        node: node.into(),
+        secret_generation: secret.metadata.generation,
+        data_key: wrapped,
+    })
 }
 
 #[cfg(test)]
@@ -180,7 +220,14 @@ mod tests {
             .iter()
             .map(|s| FileReference { target: format!("/run/secrets/{s}"), ..FileReference::to(*s) })
             .collect();
-        let spec = TaskSpec { service_name: "web".into(), slot: Some(1), node_id: node.map(str::to_string), desired_state: desired, service_generation: 1, spec };
+        let spec = TaskSpec {
+            service_name: "web".into(),
+            slot: Some(1),
+            node_id: node.map(str::to_string),
+            desired_state: desired,
+            service_generation: 1,
+            spec,
+        };
         Arc::new(Task::new(name, spec))
     }
 
@@ -201,7 +248,11 @@ mod tests {
             task("e", Some("n3"), TaskState::Running, &["api"]),
         ];
         let needing = nodes_needing("db", &tasks, &nodes);
-        assert_eq!(needing.keys().collect::<Vec<_>>(), ["n1", "n2"], "by name, also when the task names the node's uid");
+        assert_eq!(
+            needing.keys().collect::<Vec<_>>(),
+            ["n1", "n2"],
+            "by name, also when the task names the node's uid"
+        );
         assert_eq!(secrets_on_node(&tasks, &nodes[1]), ["api", "db"]);
     }
 }

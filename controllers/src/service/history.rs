@@ -92,7 +92,12 @@ mod tests {
     fn failures_still_counted_by_the_restart_policy_are_kept() {
         let slot: Vec<TaskView> = (0..4).map(|_| task(TaskState::Failed, TaskState::Shutdown)).collect();
         let refs: Vec<&TaskView> = slot.iter().collect();
-        let policy = RestartPolicy { condition: RestartCondition::Any, delay: SpecDuration::default(), max_attempts: 3, window: SpecDuration::default() };
+        let policy = RestartPolicy {
+            condition: RestartCondition::Any,
+            delay: SpecDuration::default(),
+            max_attempts: 3,
+            window: SpecDuration::default(),
+        };
         let doomed = trim(&refs, 1, &policy, true, READY, Utc::now());
         assert_eq!(names(&doomed), names(&refs[..1]), "the newest three are still counted");
     }

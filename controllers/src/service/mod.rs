@@ -66,7 +66,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
     let (by_task, services) = (caches.clone(), caches.services.clone());
     Controller::new(NAME, caches.services.clone())
         .watches(caches.tasks.clone(), |task: &Task| vec![task.spec.service_name.clone()])
-        .watches(caches.observations.clone(), move |o: &TaskObservation| by_task.service_of_task(&o.metadata.name).into_iter().collect())
+        .watches(caches.observations.clone(), move |o: &TaskObservation| {
+            by_task.service_of_task(&o.metadata.name).into_iter().collect()
+        })
         // Node changes matter to global services and to services with tasks there;
         // every service is the simple, safe answer at Swarm's scale.
         .watches(caches.nodes.clone(), move |_| services.list().iter().map(|s| s.metadata.name.clone()).collect())
@@ -169,7 +171,12 @@ fn wanted_slots(service: &Service, caches: &Caches) -> Result<(BTreeMap<Slot, Wa
 
 /// Writes the service's status when it changed: replicas wanted and
 /// running, and the generation acted on.
-async fn write_status(ctx: &Context, service: &Service, tasks: &[TaskView], plan: &slots::Plan) -> Result<(), StoreError> {
+async fn write_status(
+    ctx: &Context,
+    service: &Service,
+    tasks: &[TaskView],
+    plan: &slots::Plan,
+) -> Result<(), StoreError> {
     let running = tasks.iter().filter(|t| t.wanted() && t.state == TaskState::Running).count() as u64;
     let desired = match service.spec.mode {
         ServiceMode::Replicated => service.spec.replicas.unwrap_or(1),

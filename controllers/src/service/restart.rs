@@ -38,7 +38,10 @@ pub fn decide(policy: &RestartPolicy, ended: &TaskView, earlier: &[&TaskView], n
     let attempts = counted(policy, earlier.iter().copied(), now).count() as u64;
     if policy.max_attempts > 0 && attempts >= policy.max_attempts {
         let within = if policy.window.0.is_zero() { String::new() } else { format!(" within {}", policy.window) };
-        return RestartDecision::GiveUp(format!("restarted {attempts} time(s){within}: max attempts {} reached", policy.max_attempts));
+        return RestartDecision::GiveUp(format!(
+            "restarted {attempts} time(s){within}: max attempts {} reached",
+            policy.max_attempts
+        ));
     }
     let ended_at = ended.since.unwrap_or(now);
     let due = ended_at + chrono::Duration::from_std(policy.delay.0).unwrap_or(chrono::Duration::MAX);
@@ -50,8 +53,13 @@ pub fn decide(policy: &RestartPolicy, ended: &TaskView, earlier: &[&TaskView], n
 
 /// The tasks that count as restart attempts: ended on their own, within
 /// the window (if any).
-pub fn counted<'a>(policy: &'a RestartPolicy, tasks: impl Iterator<Item = &'a TaskView> + 'a, now: DateTime<Utc>) -> impl Iterator<Item = &'a TaskView> + 'a {
-    let window = (!policy.window.0.is_zero()).then(|| chrono::Duration::from_std(policy.window.0).unwrap_or(chrono::Duration::MAX));
+pub fn counted<'a>(
+    policy: &'a RestartPolicy,
+    tasks: impl Iterator<Item = &'a TaskView> + 'a,
+    now: DateTime<Utc>,
+) -> impl Iterator<Item = &'a TaskView> + 'a {
+    let window = (!policy.window.0.is_zero())
+        .then(|| chrono::Duration::from_std(policy.window.0).unwrap_or(chrono::Duration::MAX));
     tasks.filter(move |t| t.ended_by_itself() && window.is_none_or(|w| t.since.is_none_or(|since| now - since <= w)))
 }
 
@@ -74,7 +82,12 @@ mod tests {
     }
 
     fn policy(condition: RestartCondition, delay: u64, max_attempts: u64, window: u64) -> RestartPolicy {
-        RestartPolicy { condition, delay: SpecDuration::from_secs(delay), max_attempts, window: SpecDuration::from_secs(window) }
+        RestartPolicy {
+            condition,
+            delay: SpecDuration::from_secs(delay),
+            max_attempts,
+            window: SpecDuration::from_secs(window),
+        }
     }
 
     #[test]
@@ -96,7 +109,10 @@ mod tests {
     #[test]
     fn condition_none_never_restarts() {
         let p = policy(RestartCondition::None, 0, 0, 0);
-        assert_eq!(decide(&p, &ended(TaskState::Failed, 0), &[], at(1)), RestartDecision::GiveUp("restart condition is none".into()));
+        assert_eq!(
+            decide(&p, &ended(TaskState::Failed, 0), &[], at(1)),
+            RestartDecision::GiveUp("restart condition is none".into())
+        );
     }
 
     #[test]
@@ -104,7 +120,9 @@ mod tests {
         let p = policy(RestartCondition::Any, 0, 2, 0);
         let (a, b) = (ended(TaskState::Failed, 1), ended(TaskState::Failed, 2));
         assert_eq!(decide(&p, &ended(TaskState::Failed, 3), &[&a], at(4)), RestartDecision::Restart { attempt: 2 });
-        let RestartDecision::GiveUp(reason) = decide(&p, &ended(TaskState::Failed, 3), &[&a, &b], at(4)) else { panic!() };
+        let RestartDecision::GiveUp(reason) = decide(&p, &ended(TaskState::Failed, 3), &[&a, &b], at(4)) else {
+            panic!()
+        };
         assert_eq!(reason, "restarted 2 time(s): max attempts 2 reached");
     }
 
@@ -112,7 +130,10 @@ mod tests {
     fn only_failures_within_the_window_count() {
         let p = policy(RestartCondition::Any, 0, 1, 60);
         let old = ended(TaskState::Failed, 0);
-        assert_eq!(decide(&p, &ended(TaskState::Failed, 100), &[&old], at(100)), RestartDecision::Restart { attempt: 1 });
+        assert_eq!(
+            decide(&p, &ended(TaskState::Failed, 100), &[&old], at(100)),
+            RestartDecision::Restart { attempt: 1 }
+        );
         let recent = ended(TaskState::Failed, 90);
         assert!(matches!(decide(&p, &ended(TaskState::Failed, 100), &[&recent], at(100)), RestartDecision::GiveUp(_)));
     }
@@ -121,6 +142,9 @@ mod tests {
     fn tasks_told_to_stop_do_not_count_as_attempts() {
         let p = policy(RestartCondition::Any, 0, 1, 0);
         let stopped = ended(TaskState::Shutdown, 1);
-        assert_eq!(decide(&p, &ended(TaskState::Failed, 2), &[&stopped], at(3)), RestartDecision::Restart { attempt: 1 });
+        assert_eq!(
+            decide(&p, &ended(TaskState::Failed, 2), &[&stopped], at(3)),
+            RestartDecision::Restart { attempt: 1 }
+        );
     }
 }

@@ -129,7 +129,8 @@ pub fn plan(inputs: &Inputs) -> Plan {
     }
     if !missing.is_empty() {
         let list: Vec<String> = missing.iter().map(Slot::to_string).collect();
-        plan.decisions.push((format!("created {} task(s)", missing.len()), format!("no task yet for {}", list.join(", "))));
+        plan.decisions
+            .push((format!("created {} task(s)", missing.len()), format!("no task yet for {}", list.join(", "))));
         plan.create.extend(missing);
     }
     let mut scaled_down = 0;
@@ -165,7 +166,10 @@ fn plan_slot(inputs: &Inputs, slot: &Slot, want: Option<Want>, tasks: &[&TaskVie
             continue;
         }
         plan.stop(older, format!("superseded by task {}", latest.name()));
-        plan.decisions.push((format!("stopped stale task of {slot}"), format!("task {} is newer than {}", latest.name(), older.name())));
+        plan.decisions.push((
+            format!("stopped stale task of {slot}"),
+            format!("task {} is newer than {}", latest.name(), older.name()),
+        ));
     }
     let Some(want) = want else {
         if latest.wanted() {
@@ -183,7 +187,8 @@ fn plan_slot(inputs: &Inputs, slot: &Slot, want: Option<Want>, tasks: &[&TaskVie
         let gave_up = latest.ended_by_itself() && latest.task.spec.service_generation >= inputs.generation;
         if !gave_up && !stopping {
             plan.create.push(slot.clone());
-            plan.decisions.push((format!("created task for {slot}"), format!("its last task {} was stopped", latest.name())));
+            plan.decisions
+                .push((format!("created task for {slot}"), format!("its last task {} was stopped", latest.name())));
         }
         return 0;
     }
@@ -204,7 +209,9 @@ fn plan_slot(inputs: &Inputs, slot: &Slot, want: Option<Want>, tasks: &[&TaskVie
             None => format!("{:?}", latest.state).to_lowercase(),
         };
         match decide(inputs.restart, latest, &earlier, inputs.now) {
-            RestartDecision::Restart { attempt } => plan.replace(slot, latest, "restarted", format!("{ended}; restart attempt {attempt}")),
+            RestartDecision::Restart { attempt } => {
+                plan.replace(slot, latest, "restarted", format!("{ended}; restart attempt {attempt}"))
+            }
             RestartDecision::Wait(after) => plan.wait(after),
             RestartDecision::GiveUp(why) => {
                 plan.stop(latest, format!("{ended}; not restarted: {why}"));

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use shoal_crd::{Duration as SpecDuration, RestartCondition, RestartPolicy, Service, ServiceSpec, TaskState, TaskStatus};
+use shoal_crd::{
+    Duration as SpecDuration, RestartCondition, RestartPolicy, Service, ServiceSpec, TaskState, TaskStatus,
+};
 
 use super::slots::{plan, Inputs, Plan, Slot, Want};
 use crate::tasks::{new_task, NodeCondition, TaskView};
@@ -106,7 +108,10 @@ fn a_paused_node_keeps_its_tasks() {
 fn when_a_down_node_returns_its_stale_task_is_stopped_not_the_replacement() {
     // The old task is still desired running (say the stop was never
     // written); its replacement is newer. Only the newest may run.
-    let tasks = vec![task(1, 0, "n1", TaskState::Running, TaskState::Running), task(1, 10, "n2", TaskState::Running, TaskState::Running)];
+    let tasks = vec![
+        task(1, 0, "n1", TaskState::Running, TaskState::Running),
+        task(1, 10, "n2", TaskState::Running, TaskState::Running),
+    ];
     let plan = Case::new(1, tasks).plan();
     assert_eq!(stopped(&plan), ["t1-0"]);
     assert!(plan.create.is_empty());
@@ -157,7 +162,8 @@ fn history_beyond_the_limit_is_deleted_and_retired_slots_keep_none() {
 
 #[test]
 fn global_mode_wants_one_task_per_eligible_node() {
-    let tasks = vec![TaskView::new(Arc::new(global_task("n1")), None), TaskView::new(Arc::new(global_task("n3")), None)];
+    let tasks =
+        vec![TaskView::new(Arc::new(global_task("n1")), None), TaskView::new(Arc::new(global_task("n3")), None)];
     let node = |_: &str| NodeCondition::Active;
     let slots = [("n1", Want::Fill), ("n2", Want::Fill)].iter().map(|(n, w)| (Slot::Node(n.to_string()), *w)).collect();
     let plan = plan(&Inputs {
@@ -193,7 +199,10 @@ fn updated(mut view: TaskView) -> TaskView {
 fn a_start_first_handover_keeps_the_old_task_until_its_replacement_is_ready() {
     let starting = updated(task(1, 10, "n2", TaskState::Starting, TaskState::Running));
     let tasks = vec![running(1, "n1"), starting];
-    assert!(Case::new(1, tasks).plan().shutdown.is_empty(), "the update loop stops the old task once the new one is ready");
+    assert!(
+        Case::new(1, tasks).plan().shutdown.is_empty(),
+        "the update loop stops the old task once the new one is ready"
+    );
     let ready = updated(task(1, 10, "n2", TaskState::Running, TaskState::Running));
     let tasks = vec![running(1, "n1"), TaskView { ready: true, ..ready }];
     assert_eq!(stopped(&Case::new(1, tasks).plan()), ["t1-0"]);

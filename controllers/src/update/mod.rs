@@ -45,7 +45,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use shoal_crd::{Config, FileKind, Resource, Secret, Service, ServiceRevision, Task, TaskObservation, UpdateState, UpdateStatus};
+use shoal_crd::{
+    Config, FileKind, Resource, Secret, Service, ServiceRevision, Task, TaskObservation, UpdateState, UpdateStatus,
+};
 use shoal_store::client::reflector::Reader;
 use shoal_store::client::{Store, StoreError};
 
@@ -91,11 +93,17 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
     let (by_config, by_secret) = (caches.clone(), caches.clone());
     Controller::new(NAME, caches.services.clone())
         .watches(caches.tasks.clone(), |task: &Task| vec![task.spec.service_name.clone()])
-        .watches(caches.observations.clone(), move |o: &TaskObservation| caches.service_of_task(&o.metadata.name).into_iter().collect())
+        .watches(caches.observations.clone(), move |o: &TaskObservation| {
+            caches.service_of_task(&o.metadata.name).into_iter().collect()
+        })
         .watches(ctx.revisions.clone(), |r: &ServiceRevision| vec![r.spec.service.clone()])
         // A new version of a config or secret rolls the services using it.
-        .watches(ctx.caches.configs.clone(), move |c: &Config| by_config.services_using(FileKind::Config, &c.metadata.name))
-        .watches(ctx.caches.secrets.clone(), move |s: &Secret| by_secret.services_using(FileKind::Secret, &s.metadata.name))
+        .watches(ctx.caches.configs.clone(), move |c: &Config| {
+            by_config.services_using(FileKind::Config, &c.metadata.name)
+        })
+        .watches(ctx.caches.secrets.clone(), move |s: &Secret| {
+            by_secret.services_using(FileKind::Secret, &s.metadata.name)
+        })
         .resync_every(Duration::from_secs(30))
         .run(reconcile, |_, _: &StoreError, _| Action::requeue(Duration::from_millis(200)), ctx, shutdown)
         .await;
@@ -107,7 +115,8 @@ pub async fn reconcile(key: String, service: Option<Arc<Service>>, ctx: Arc<Cont
     ctx.service_writes.wait(&key, &ctx.caches.services, Duration::from_secs(3)).await;
     let uid = service.as_ref().map(|s| s.metadata.uid.clone());
     let revisions = revisions_of(&key, &ctx.revisions);
-    let (current, gone): (Vec<_>, Vec<_>) = revisions.into_iter().partition(|r| Some(&r.spec.service_uid) == uid.as_ref());
+    let (current, gone): (Vec<_>, Vec<_>) =
+        revisions.into_iter().partition(|r| Some(&r.spec.service_uid) == uid.as_ref());
     delete_revisions(&ctx, gone.iter().map(Arc::as_ref), "its service is gone").await?;
     let Some(service) = service else { return Ok(Action::await_change()) };
     let current: Vec<&ServiceRevision> = current.iter().map(Arc::as_ref).collect();
@@ -117,7 +126,14 @@ pub async fn reconcile(key: String, service: Option<Arc<Service>>, ctx: Arc<Cont
     let status = service.status.as_ref().and_then(|s| s.update_status.as_ref());
     // What new tasks carry: the spec with the versions of what they mount.
     let template = ctx.caches.resolved(&service);
-    let inputs = plan::Inputs { name: &key, generation: service.metadata.generation, spec: &template.spec, status, tasks: &tasks, now: Utc::now() };
+    let inputs = plan::Inputs {
+        name: &key,
+        generation: service.metadata.generation,
+        spec: &template.spec,
+        status,
+        tasks: &tasks,
+        now: Utc::now(),
+    };
     let plan = plan::plan(&inputs);
     write_tasks(&ctx, &key, &template, &tasks, &plan).await?;
     for (action, reason) in &plan.decisions {
@@ -154,7 +170,11 @@ async fn record_revision(ctx: &Context, service: &Service, revisions: &[&Service
     delete_revisions(ctx, doomed.into_iter(), &format!("revision history limit {}", ctx.revision_limit)).await
 }
 
-async fn delete_revisions<'a>(ctx: &Context, doomed: impl Iterator<Item = &'a ServiceRevision>, why: &str) -> Result<(), StoreError> {
+async fn delete_revisions<'a>(
+    ctx: &Context,
+    doomed: impl Iterator<Item = &'a ServiceRevision>,
+    why: &str,
+) -> Result<(), StoreError> {
     let mut batch = Batch::new();
     let mut names = Vec::new();
     for revision in doomed {
@@ -170,7 +190,13 @@ async fn delete_revisions<'a>(ctx: &Context, doomed: impl Iterator<Item = &'a Se
 }
 
 /// Stops and creates the tasks the plan names.
-async fn write_tasks(ctx: &Context, key: &str, service: &Service, tasks: &[TaskView], plan: &plan::Plan) -> Result<(), StoreError> {
+async fn write_tasks(
+    ctx: &Context,
+    key: &str,
+    service: &Service,
+    tasks: &[TaskView],
+    plan: &plan::Plan,
+) -> Result<(), StoreError> {
     let by_name: HashMap<&str, &TaskView> = tasks.iter().map(|t| (t.name(), t)).collect();
     let mut batch = Batch::new();
     for (name, _) in &plan.stop {
@@ -221,10 +247,20 @@ async fn write_status(ctx: &Context, service: &Service, update: UpdateStatus) ->
 /// Failure action rollback: the spec of the previous revision (replicas
 /// kept) and a rollback status, in one compare-and-swap write. Without a
 /// revision to go back to, the update pauses.
-async fn roll_back(ctx: &Context, service: &Service, revisions: &[&ServiceRevision], update: &UpdateStatus, why: &str) -> Result<bool, StoreError> {
+async fn roll_back(
+    ctx: &Context,
+    service: &Service,
+    revisions: &[&ServiceRevision],
+    update: &UpdateStatus,
+    why: &str,
+) -> Result<bool, StoreError> {
     let now = Utc::now();
     let Some(previous) = revisions::previous(&service.spec, revisions) else {
-        let paused = UpdateStatus { state: UpdateState::Paused, message: format!("{why}; no earlier revision to roll back to"), ..update.clone() };
+        let paused = UpdateStatus {
+            state: UpdateState::Paused,
+            message: format!("{why}; no earlier revision to roll back to"),
+            ..update.clone()
+        };
         return write_status(ctx, service, paused).await;
     };
     let mut next = service.clone();
@@ -240,7 +276,11 @@ async fn roll_back(ctx: &Context, service: &Service, revisions: &[&ServiceRevisi
     next.status.get_or_insert_with(Default::default).update_status = Some(rollback);
     let written = write_service(ctx, next).await?;
     if written {
-        ctx.recorder.record(&Decision::about(service, format!("rollback to revision {}", previous.spec.revision), why.to_string()));
+        ctx.recorder.record(&Decision::about(
+            service,
+            format!("rollback to revision {}", previous.spec.revision),
+            why.to_string(),
+        ));
     }
     Ok(written)
 }

@@ -111,7 +111,8 @@ pub fn plan(inputs: &Inputs) -> Plan {
             UpdateStatus { target: target.clone(), ..current.clone() }
         }
         previous => {
-            let stale: Vec<&TaskView> = groups.values().flatten().copied().filter(|t| t.wanted() && !fresh(t)).collect();
+            let stale: Vec<&TaskView> =
+                groups.values().flatten().copied().filter(|t| t.wanted() && !fresh(t)).collect();
             if previous.is_none() && stale.is_empty() {
                 return plan;
             }
@@ -140,14 +141,21 @@ pub fn plan(inputs: &Inputs) -> Plan {
     let mut states = BTreeMap::new();
     let mut newly_failed = Vec::new();
     for (slot, tasks) in &groups {
-        let failed: Vec<String> = tasks.iter().filter(|t| fresh(t) && counts_as_failure(t, &update, monitor)).map(|t| t.name().to_string()).collect();
+        let failed: Vec<String> = tasks
+            .iter()
+            .filter(|t| fresh(t) && counts_as_failure(t, &update, monitor))
+            .map(|t| t.name().to_string())
+            .collect();
         update.failed.extend(failed.iter().cloned());
         newly_failed.extend(failed);
         let state = slot_state(tasks, &fresh, &mut update, monitor, now, &mut plan);
         states.insert(slot.clone(), state);
     }
     for name in &newly_failed {
-        plan.decide(format!("counted task {name} as failed"), format!("it ended before its monitor window of {} was over", config.monitor));
+        plan.decide(
+            format!("counted task {name} as failed"),
+            format!("it ended before its monitor window of {} was over", config.monitor),
+        );
     }
 
     let total = groups.len().max(1);
@@ -180,7 +188,11 @@ pub fn plan(inputs: &Inputs) -> Plan {
             SlotState::Monitoring { until } => plan.wake_at(*until, now),
             SlotState::InFlight => {
                 if let Some(started) = update.batch_started_at {
-                    plan.wake_at(started + chrono::Duration::from_std(config.progress_deadline.0).unwrap_or(chrono::Duration::MAX), now);
+                    plan.wake_at(
+                        started
+                            + chrono::Duration::from_std(config.progress_deadline.0).unwrap_or(chrono::Duration::MAX),
+                        now,
+                    );
                 }
             }
             _ => {}
@@ -285,7 +297,11 @@ fn slot_state<'a>(
         for other in wanted.iter().filter(|t| t.name() != up.name()) {
             plan.stop.push((other.name().to_string(), format!("replaced by task {}", up.name())));
         }
-        return if now >= ready_at + monitor { SlotState::Done } else { SlotState::Monitoring { until: ready_at + monitor } };
+        return if now >= ready_at + monitor {
+            SlotState::Done
+        } else {
+            SlotState::Monitoring { until: ready_at + monitor }
+        };
     }
     let failed_here = tasks.iter().any(|t| update.failed.iter().any(|n| n == t.name()));
     if failed_here {
@@ -308,13 +324,19 @@ fn slot_state<'a>(
 }
 
 /// Why the current batch missed its progress deadline, if it did.
-fn overdue(states: &BTreeMap<Slot, SlotState>, update: &UpdateStatus, config: &UpdateConfig, now: DateTime<Utc>) -> Option<String> {
+fn overdue(
+    states: &BTreeMap<Slot, SlotState>,
+    update: &UpdateStatus,
+    config: &UpdateConfig,
+    now: DateTime<Utc>,
+) -> Option<String> {
     let started = update.batch_started_at?;
     let deadline = started + chrono::Duration::from_std(config.progress_deadline.0).unwrap_or(chrono::Duration::MAX);
     if now < deadline {
         return None;
     }
-    let late: Vec<String> = states.iter().filter(|(_, s)| matches!(s, SlotState::InFlight)).map(|(slot, _)| slot.to_string()).collect();
+    let late: Vec<String> =
+        states.iter().filter(|(_, s)| matches!(s, SlotState::InFlight)).map(|(slot, _)| slot.to_string()).collect();
     if late.is_empty() {
         return None;
     }
@@ -330,7 +352,8 @@ fn fail(mut plan: Plan, mut update: UpdateStatus, config: &UpdateConfig, why: St
         plan.status = Some(update);
         return plan;
     }
-    let (state, what) = if rolling_back { (UpdateState::RollbackPaused, "rollback") } else { (UpdateState::Paused, "update") };
+    let (state, what) =
+        if rolling_back { (UpdateState::RollbackPaused, "rollback") } else { (UpdateState::Paused, "update") };
     update.state = state;
     update.message = format!("{what} paused due to {why}");
     update.batch_started_at = None;
@@ -342,7 +365,11 @@ fn fail(mut plan: Plan, mut update: UpdateStatus, config: &UpdateConfig, why: St
 
 /// Every slot is done (or failed, with failure action continue).
 fn complete(mut plan: Plan, mut update: UpdateStatus, now: DateTime<Utc>) -> Plan {
-    let (state, what) = if update.state.is_rollback() { (UpdateState::RollbackCompleted, "rollback") } else { (UpdateState::Completed, "update") };
+    let (state, what) = if update.state.is_rollback() {
+        (UpdateState::RollbackCompleted, "rollback")
+    } else {
+        (UpdateState::Completed, "update")
+    };
     update.state = state;
     update.completed_at = Some(now);
     update.message = match update.failed.len() {
@@ -359,13 +386,22 @@ fn complete(mut plan: Plan, mut update: UpdateStatus, now: DateTime<Utc>) -> Pla
 
 /// Starts the next batch: up to `parallelism` dirty slots (0 = all), those
 /// whose stale task is not even ready first.
-fn start_batch(plan: &mut Plan, update: &mut UpdateStatus, config: &UpdateConfig, mut dirty: Vec<(&Slot, &TaskView)>, generation: i64, now: DateTime<Utc>) {
+fn start_batch(
+    plan: &mut Plan,
+    update: &mut UpdateStatus,
+    config: &UpdateConfig,
+    mut dirty: Vec<(&Slot, &TaskView)>,
+    generation: i64,
+    now: DateTime<Utc>,
+) {
     dirty.sort_by_key(|(slot, task)| (task.ready, (*slot).clone()));
     let take = if config.parallelism == 0 { dirty.len() } else { (config.parallelism as usize).min(dirty.len()) };
     let batch = &dirty[..take];
     for (slot, task) in batch {
         match config.order {
-            UpdateOrder::StopFirst => plan.stop.push((task.name().to_string(), format!("rolling update to generation {generation}"))),
+            UpdateOrder::StopFirst => {
+                plan.stop.push((task.name().to_string(), format!("rolling update to generation {generation}")))
+            }
             UpdateOrder::StartFirst => plan.create.push((*slot).clone()),
         }
     }
@@ -374,7 +410,10 @@ fn start_batch(plan: &mut Plan, update: &mut UpdateStatus, config: &UpdateConfig
         UpdateOrder::StopFirst => "stop-first",
         UpdateOrder::StartFirst => "start-first",
     };
-    plan.decide(format!("updating {}", list.join(", ")), format!("batch {} ({order}, parallelism {})", update.batches + 1, config.parallelism));
+    plan.decide(
+        format!("updating {}", list.join(", ")),
+        format!("batch {} ({order}, parallelism {})", update.batches + 1, config.parallelism),
+    );
     update.batches += 1;
     update.batch_started_at = Some(now);
     update.next_batch_at = None;

@@ -73,7 +73,9 @@ pub fn summary(before: &ServiceSpec, after: &ServiceSpec) -> String {
     if before.image != after.image {
         return format!("image {} → {}", before.image, after.image);
     }
-    if before.force_update != after.force_update && before.same_template(&ServiceSpec { force_update: before.force_update, ..after.clone() }) {
+    if before.force_update != after.force_update
+        && before.same_template(&ServiceSpec { force_update: before.force_update, ..after.clone() })
+    {
         return "forced redeploy".into();
     }
     let (a, b) = (serde_json::to_value(before).unwrap_or_default(), serde_json::to_value(after).unwrap_or_default());
@@ -146,7 +148,11 @@ mod tests {
         let mut back = service("demo:1", 3);
         let target = back.spec.template_hash();
         back.status = Some(shoal_crd::ServiceStatus {
-            update_status: Some(UpdateStatus { state: shoal_crd::UpdateState::RollbackStarted, target, ..Default::default() }),
+            update_status: Some(UpdateStatus {
+                state: shoal_crd::UpdateState::RollbackStarted,
+                target,
+                ..Default::default()
+            }),
             ..Default::default()
         });
         assert_eq!(to_record(&back, &[&one, &two]).unwrap().spec.change_cause, "rollback to revision 1");

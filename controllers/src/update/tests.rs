@@ -4,7 +4,10 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use shoal_crd::{Duration as SpecDuration, FailureAction, Service, ServiceSpec, TaskState, TaskStatus, UpdateOrder, UpdateState, UpdateStatus};
+use shoal_crd::{
+    Duration as SpecDuration, FailureAction, Service, ServiceSpec, TaskState, TaskStatus, UpdateOrder, UpdateState,
+    UpdateStatus,
+};
 
 use super::plan::{plan, Inputs, Plan};
 use crate::service::slots::Slot;
@@ -30,7 +33,12 @@ fn task(image: &str, slot: u64, created: i64, state: TaskState, desired: TaskSta
     task.metadata.name = format!("{image}-{slot}-{created}");
     task.metadata.created_at = Some(at(created));
     task.spec.desired_state = desired;
-    task.status = Some(TaskStatus { state, timestamp: Some(at(created + 1)), started_at: Some(at(created + 1)), ..Default::default() });
+    task.status = Some(TaskStatus {
+        state,
+        timestamp: Some(at(created + 1)),
+        started_at: Some(at(created + 1)),
+        ..Default::default()
+    });
     TaskView::new(Arc::new(task), None)
 }
 
@@ -51,7 +59,14 @@ impl Case {
     }
 
     fn plan(&self, now: i64) -> Plan {
-        plan(&Inputs { name: "web", generation: 2, spec: &self.spec, status: self.status.as_ref(), tasks: &self.tasks, now: at(now) })
+        plan(&Inputs {
+            name: "web",
+            generation: 2,
+            spec: &self.spec,
+            status: self.status.as_ref(),
+            tasks: &self.tasks,
+            now: at(now),
+        })
     }
 
     /// Plans and keeps the status, as the store would.
@@ -149,7 +164,12 @@ fn failures_within_max_failure_ratio_are_tolerated() {
     let mut s = spec("demo:2", 4);
     s.update_config.max_failure_ratio = 0.3;
     let mut case = Case::new(s, vec![task("demo:2", 1, 100, TaskState::Failed, TaskState::Running)]);
-    case.status = Some(UpdateStatus { state: UpdateState::Updating, started_at: Some(at(100)), target: case.spec.template_hash(), ..Default::default() });
+    case.status = Some(UpdateStatus {
+        state: UpdateState::Updating,
+        started_at: Some(at(100)),
+        target: case.spec.template_hash(),
+        ..Default::default()
+    });
     let plan = case.step(102);
     assert_eq!(state(&plan), UpdateState::Updating, "1 of 4 failed: 0.25 ≤ 0.3");
     assert_eq!(case.status.as_ref().unwrap().failed, ["demo:2-1-100"]);
@@ -162,9 +182,17 @@ fn failure_action_rollback_asks_for_a_rollback_but_a_failing_rollback_pauses() {
     s.rollback_config.failure_action = FailureAction::Rollback;
     let failing = vec![task("demo:2", 1, 100, TaskState::Failed, TaskState::Running), running("demo:1", 2, 0)];
     let mut case = Case::new(s, failing);
-    case.status = Some(UpdateStatus { state: UpdateState::Updating, started_at: Some(at(100)), target: case.spec.template_hash(), ..Default::default() });
+    case.status = Some(UpdateStatus {
+        state: UpdateState::Updating,
+        started_at: Some(at(100)),
+        target: case.spec.template_hash(),
+        ..Default::default()
+    });
     let plan = case.plan(102);
-    assert_eq!(plan.rollback.as_deref(), Some("update rolled back due to failure or early termination of task demo:2-1-100"));
+    assert_eq!(
+        plan.rollback.as_deref(),
+        Some("update rolled back due to failure or early termination of task demo:2-1-100")
+    );
     case.status.as_mut().unwrap().state = UpdateState::RollbackStarted;
     let plan = case.plan(102);
     assert!(plan.rollback.is_none(), "never a rollback of a rollback");
@@ -193,7 +221,11 @@ fn a_batch_that_never_becomes_ready_misses_the_progress_deadline() {
 fn the_update_completes_when_every_slot_is_ready_and_monitored() {
     let mut case = Case::new(spec("demo:2", 2), vec![running("demo:1", 1, 0)]);
     case.step(100);
-    case.tasks = vec![task("demo:1", 1, 0, TaskState::Shutdown, TaskState::Shutdown), running("demo:2", 1, 101), running("demo:2", 2, 101)];
+    case.tasks = vec![
+        task("demo:1", 1, 0, TaskState::Shutdown, TaskState::Shutdown),
+        running("demo:2", 1, 101),
+        running("demo:2", 2, 101),
+    ];
     assert_eq!(state(&case.step(102)), UpdateState::Updating);
     let done = case.step(107);
     assert_eq!(state(&done), UpdateState::Completed);
@@ -203,7 +235,11 @@ fn the_update_completes_when_every_slot_is_ready_and_monitored() {
 #[test]
 fn a_new_spec_during_an_update_starts_over_and_resumes_a_paused_one() {
     let mut case = Case::new(spec("demo:2", 1), vec![running("demo:1", 1, 0)]);
-    case.status = Some(UpdateStatus { state: UpdateState::Paused, target: spec("demo:2", 1).template_hash(), ..Default::default() });
+    case.status = Some(UpdateStatus {
+        state: UpdateState::Paused,
+        target: spec("demo:2", 1).template_hash(),
+        ..Default::default()
+    });
     assert!(case.step(100).stop.is_empty(), "paused");
     case.spec = spec("demo:3", 1);
     let resumed = case.step(101);
@@ -214,7 +250,8 @@ fn a_new_spec_during_an_update_starts_over_and_resumes_a_paused_one() {
 /// `running(…)` with secret `db` at `version` in the task's spec.
 fn with_secret(mut view: TaskView, version: i64) -> TaskView {
     let mut task = (*view.task).clone();
-    task.spec.spec.secrets = vec![shoal_crd::FileReference { version: Some(version), ..shoal_crd::FileReference::to("db") }];
+    task.spec.spec.secrets =
+        vec![shoal_crd::FileReference { version: Some(version), ..shoal_crd::FileReference::to("db") }];
     view.task = Arc::new(task);
     view
 }
@@ -239,7 +276,12 @@ fn a_new_secret_version_rolls_the_tasks_and_says_so_in_one_decision() {
 fn a_rollback_written_without_versions_is_adopted_not_restarted() {
     let mut case = Case::new(with_db_secret(spec("demo:1", 1), 1), vec![with_secret(running("demo:2", 1, 0), 1)]);
     let unresolved = case.spec.unresolved().template_hash();
-    case.status = Some(UpdateStatus { state: UpdateState::RollbackStarted, started_at: Some(at(100)), target: unresolved, ..Default::default() });
+    case.status = Some(UpdateStatus {
+        state: UpdateState::RollbackStarted,
+        started_at: Some(at(100)),
+        target: unresolved,
+        ..Default::default()
+    });
     let plan = case.step(101);
     assert_eq!(state(&plan), UpdateState::RollbackStarted);
     assert_eq!(plan.status.unwrap().target, case.spec.template_hash());

@@ -6,8 +6,8 @@ use serde::Deserialize;
 
 use crate::duration::Duration;
 use crate::kinds::{
-    FailureAction, HealthCheck, Placement, PlacementPreference, RestartCondition, RestartPolicy,
-    UpdateConfig, UpdateOrder,
+    FailureAction, HealthCheck, Placement, PlacementPreference, RestartCondition, RestartPolicy, UpdateConfig,
+    UpdateOrder,
 };
 
 /// `deploy.update_config` / `deploy.rollback_config`.
@@ -80,11 +80,7 @@ impl PlacementIn {
     pub fn into_spec(self) -> Placement {
         Placement {
             constraints: self.constraints,
-            preferences: self
-                .preferences
-                .into_iter()
-                .map(|p| PlacementPreference { spread: p.spread })
-                .collect(),
+            preferences: self.preferences.into_iter().map(|p| PlacementPreference { spread: p.spread }).collect(),
             max_replicas_per_node: self.max_replicas_per_node,
         }
     }

@@ -21,13 +21,9 @@ pub fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<S
             out.push_str(&braced(&r[..end], env)?);
             rest = &r[end + 1..];
         } else {
-            let len = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(rest.len());
+            let len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
             if len == 0 {
-                return Err(format!(
-                    "invalid `$` in {text:?}: write `$$` for a literal dollar sign"
-                ));
+                return Err(format!("invalid `$` in {text:?}: write `$$` for a literal dollar sign"));
             }
             out.push_str(&env(&rest[..len]).unwrap_or_default());
             rest = &rest[len..];
@@ -53,9 +49,7 @@ fn closing_brace(text: &str) -> Option<usize> {
 
 /// The inside of `${…}`.
 fn braced(inner: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    let name_len = inner
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .unwrap_or(inner.len());
+    let name_len = inner.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(inner.len());
     let (name, op) = inner.split_at(name_len);
     if name.is_empty() {
         return Err(format!("invalid variable `${{{inner}}}`: a name is needed"));
@@ -66,46 +60,32 @@ fn braced(inner: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, S
         "" => return Ok(value.unwrap_or_default()),
         _ if op.starts_with(":-") || op.starts_with(":?") => (true, &op[2..]),
         _ if op.starts_with('-') || op.starts_with('?') => (false, &op[1..]),
-        _ => return Err(format!("invalid variable `${{{inner}}}`: use ${{{name}}}, ${{{name}:-default}} or ${{{name}:?error}}")),
+        _ => {
+            return Err(format!(
+                "invalid variable `${{{inner}}}`: use ${{{name}}}, ${{{name}:-default}} or ${{{name}:?error}}"
+            ))
+        }
     };
-    let missing = if unset_or_empty {
-        !set_nonempty
-    } else {
-        value.is_none()
-    };
+    let missing = if unset_or_empty { !set_nonempty } else { value.is_none() };
     if !missing {
         return Ok(value.unwrap_or_default());
     }
     if op.contains('?') {
-        let why = if arg.is_empty() {
-            "it must be set".to_string()
-        } else {
-            arg.to_string()
-        };
-        return Err(format!(
-            "required variable {name} is missing a value: {why}"
-        ));
+        let why = if arg.is_empty() { "it must be set".to_string() } else { arg.to_string() };
+        return Err(format!("required variable {name} is missing a value: {why}"));
     }
     interpolate(arg, env)
 }
 
 /// Interpolates every string value under `node`, reporting each failure at its value.
-pub fn interpolate_tree(
-    node: &mut Node,
-    env: &dyn Fn(&str) -> Option<String>,
-    report: &mut Report,
-) {
+pub fn interpolate_tree(node: &mut Node, env: &dyn Fn(&str) -> Option<String>, report: &mut Report) {
     match &mut node.value {
         Value::Str(s) if s.contains('$') => match interpolate(s, env) {
             Ok(v) => *s = v,
             Err(e) => report.error(node.pos, e),
         },
-        Value::Seq(items) => items
-            .iter_mut()
-            .for_each(|n| interpolate_tree(n, env, report)),
-        Value::Map(entries) => entries
-            .iter_mut()
-            .for_each(|(_, n)| interpolate_tree(n, env, report)),
+        Value::Seq(items) => items.iter_mut().for_each(|n| interpolate_tree(n, env, report)),
+        Value::Map(entries) => entries.iter_mut().for_each(|(_, n)| interpolate_tree(n, env, report)),
         _ => {}
     }
 }
@@ -145,9 +125,7 @@ mod tests {
 
     #[test]
     fn required_variables_fail_with_the_given_message() {
-        assert!(run("${UNSET:?set the tag}")
-            .unwrap_err()
-            .contains("set the tag"));
+        assert!(run("${UNSET:?set the tag}").unwrap_err().contains("set the tag"));
         assert!(run("${EMPTY:?x}").is_err());
         assert_eq!(run("${EMPTY?x}").unwrap(), "");
         assert!(run("${UNSET?}").unwrap_err().contains("UNSET"));

@@ -22,8 +22,8 @@ use crate::diagnostics::{Diagnostic, Diagnostics, Report};
 use crate::kinds::{Config, Service};
 use crate::names::validate_stack_name;
 use crate::yaml::{self, Node, Pos, Value};
-use objects::{read_section, Declared, Section};
 pub use objects::SecretValue;
+use objects::{read_section, Declared, Section};
 
 /// Label carrying the stack an object belongs to.
 pub const STACK_NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
@@ -54,11 +54,7 @@ const TOP_LEVEL_KEYS: &str = "version, services, configs, secrets, networks, vol
 
 /// Reads the stack file at `path` as stack `stack_name`, with `env`
 /// supplying interpolation variables (`|k| std::env::var(k).ok()`).
-pub fn load_stack(
-    path: &Path,
-    stack_name: &str,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Stack, Diagnostics> {
+pub fn load_stack(path: &Path, stack_name: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stack, Diagnostics> {
     let mut report = Report::new(path);
     let top = Pos { line: 1, column: 1 };
     if let Err(e) = validate_stack_name(stack_name) {
@@ -67,9 +63,8 @@ pub fn load_stack(
     }
     let mut root = match std::fs::read_to_string(path)
         .map_err(|e| (top, format!("cannot read the file: {e}")))
-        .and_then(|text| {
-            yaml::parse_document(&text).map_err(|e| (e.pos, format!("invalid YAML: {}", e.message)))
-        }) {
+        .and_then(|text| yaml::parse_document(&text).map_err(|e| (e.pos, format!("invalid YAML: {}", e.message))))
+    {
         Ok(root) => root,
         Err((pos, msg)) => {
             report.error(pos, msg);
@@ -82,34 +77,11 @@ pub fn load_stack(
     report.finish().map(|warnings| Stack { warnings, ..stack })
 }
 
-fn read_root(
-    root: &Node,
-    stack: &str,
-    dir: &Path,
-    env: &dyn Fn(&str) -> Option<String>,
-    report: &mut Report,
-) -> Stack {
-    let mut ctx = Context {
-        stack,
-        dir,
-        env,
-        configs: Declared::new(),
-        secrets: Declared::new(),
-    };
-    let mut out = Stack {
-        services: Vec::new(),
-        configs: Vec::new(),
-        secrets: Vec::new(),
-        warnings: Vec::new(),
-    };
+fn read_root(root: &Node, stack: &str, dir: &Path, env: &dyn Fn(&str) -> Option<String>, report: &mut Report) -> Stack {
+    let mut ctx = Context { stack, dir, env, configs: Declared::new(), secrets: Declared::new() };
+    let mut out = Stack { services: Vec::new(), configs: Vec::new(), secrets: Vec::new(), warnings: Vec::new() };
     if !matches!(root.value, Value::Map(_)) {
-        report.error(
-            root.pos,
-            format!(
-                "a stack file is a mapping with `services:`, found {}",
-                root.value.type_name()
-            ),
-        );
+        report.error(root.pos, format!("a stack file is a mapping with `services:`, found {}", root.value.type_name()));
         return out;
     }
     if let Some(n) = root.get("configs") {
@@ -123,41 +95,27 @@ fn read_root(
             "version" => check_version(value, report),
             "services" => {
                 for (k, v) in values::entries(value, "`services`", report) {
-                    out.services
-                        .extend(service::read_service(k, v, &ctx, report));
+                    out.services.extend(service::read_service(k, v, &ctx, report));
                 }
             }
             "configs" | "secrets" => {}
             "networks" => {
-                let custom = values::entries(value, "`networks`", report)
-                    .iter()
-                    .any(|(k, _)| k.name != "default");
+                let custom = values::entries(value, "`networks`", report).iter().any(|(k, _)| k.name != "default");
                 if custom {
                     report.warn(key.pos, "`networks` is ignored: every service of a stack shares one network for now");
                 }
             }
-            "volumes" => report.warn(
-                key.pos,
-                "`volumes` is ignored: volumes are not supported yet",
-            ),
-            "name" => report.warn(
-                key.pos,
-                "`name` is ignored: the stack name is given on the command line",
-            ),
+            "volumes" => report.warn(key.pos, "`volumes` is ignored: volumes are not supported yet"),
+            "name" => report.warn(key.pos, "`name` is ignored: the stack name is given on the command line"),
             k if k.starts_with("x-") => {}
-            k => report.error(
-                key.pos,
-                format!("unknown top-level key `{k}`: allowed keys are {TOP_LEVEL_KEYS}"),
-            ),
+            k => report.error(key.pos, format!("unknown top-level key `{k}`: allowed keys are {TOP_LEVEL_KEYS}")),
         }
     }
     if root.get("services").is_none() {
         report.error(root.pos, "a stack file needs a `services:` section");
     }
-    out.services
-        .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    out.configs
-        .sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    out.services.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    out.configs.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     out.secrets.sort_by(|a, b| a.name.cmp(&b.name));
     out
 }
@@ -168,15 +126,15 @@ fn check_version(node: &Node, report: &mut Report) {
         return;
     };
     if !v.starts_with('3') {
-        report.error(node.pos, format!("version {v:?} is not supported: stack files use version 3.x or the compose-spec (no version)"));
+        report.error(
+            node.pos,
+            format!("version {v:?} is not supported: stack files use version 3.x or the compose-spec (no version)"),
+        );
     }
 }
 
 /// `labels` plus the stack namespace label.
-pub(crate) fn namespace_labels(
-    mut labels: BTreeMap<String, String>,
-    stack: &str,
-) -> BTreeMap<String, String> {
+pub(crate) fn namespace_labels(mut labels: BTreeMap<String, String>, stack: &str) -> BTreeMap<String, String> {
     labels.insert(STACK_NAMESPACE_LABEL.to_string(), stack.to_string());
     labels
 }

@@ -89,10 +89,13 @@ pub fn read_section(
                 },
                 "name" => explicit_name = text(v, "name", report),
                 "labels" => object_labels = labels(v, report),
-                "template_driver" if section == Section::Configs => template_driver = text(v, "template_driver", report),
-                "content" if section == Section::Secrets => {
-                    report.error(k.pos, format!("secret `{}`: secrets take `file:` or `environment:`, not `content:`", key.name))
+                "template_driver" if section == Section::Configs => {
+                    template_driver = text(v, "template_driver", report)
                 }
+                "content" if section == Section::Secrets => report.error(
+                    k.pos,
+                    format!("secret `{}`: secrets take `file:` or `environment:`, not `content:`", key.name),
+                ),
                 "environment" if section == Section::Secrets => data = read_env(v, ctx, report).map(|d| (d, v.pos)),
                 "file" => data = read_file(v, ctx.dir, report).map(|d| (d, v.pos)),
                 "content" => data = text(v, "content", report).map(|t| (t.into_bytes(), v.pos)),
@@ -100,7 +103,10 @@ pub fn read_section(
                     report.warn(k.pos, format!("`{}` is ignored: Shoal keeps {what}s in its own store", k.name))
                 }
                 n if n.starts_with("x-") => {}
-                n => report.error(k.pos, format!("unknown key `{n}` in {what} `{}`: allowed keys are {}", key.name, allowed(section))),
+                n => report.error(
+                    k.pos,
+                    format!("unknown key `{n}` in {what} `{}`: allowed keys are {}", key.name, allowed(section)),
+                ),
             }
         }
         let object_name = match explicit_name {
@@ -118,7 +124,10 @@ pub fn read_section(
         match (section, data) {
             (Section::Secrets, None) => {
                 if ["file", "content", "environment"].iter().all(|k| decl.get(k).is_none()) {
-                    report.error(key.pos, format!("secret `{}` needs `file:`, `environment:` or `external: true`", key.name));
+                    report.error(
+                        key.pos,
+                        format!("secret `{}` needs `file:`, `environment:` or `external: true`", key.name),
+                    );
                 }
             }
             (Section::Secrets, Some((bytes, pos))) => {
@@ -130,26 +139,15 @@ pub fn read_section(
             }
             (Section::Configs, None) => {
                 if decl.get("file").is_none() {
-                    report.error(
-                        key.pos,
-                        format!(
-                            "config `{}` needs `file:`, `content:` or `external: true`",
-                            key.name
-                        ),
-                    );
+                    report
+                        .error(key.pos, format!("config `{}` needs `file:`, `content:` or `external: true`", key.name));
                 }
             }
             (Section::Configs, Some((bytes, pos))) => {
                 if let Err(msg) = check_config_size(bytes.len()) {
                     report.error(pos, msg);
                 }
-                let mut config = Config::new(
-                    object_name,
-                    ConfigSpec {
-                        data: Base64Data(bytes),
-                        template_driver,
-                    },
-                );
+                let mut config = Config::new(object_name, ConfigSpec { data: Base64Data(bytes), template_driver });
                 config.metadata.labels = namespace_labels(object_labels, ctx.stack);
                 objects.push(config);
             }
@@ -180,9 +178,7 @@ fn read_env(node: &Node, ctx: &Context, report: &mut Report) -> Option<Vec<u8>> 
 fn read_file(node: &Node, dir: &Path, report: &mut Report) -> Option<Vec<u8>> {
     let rel = text(node, "file", report)?;
     let path = dir.join(&rel);
-    std::fs::read(&path)
-        .map_err(|e| report.error(node.pos, format!("cannot read {}: {e}", path.display())))
-        .ok()
+    std::fs::read(&path).map_err(|e| report.error(node.pos, format!("cannot read {}: {e}", path.display()))).ok()
 }
 
 /// Long syntax of a service's config or secret reference.
@@ -216,20 +212,17 @@ enum ModeIn {
 impl ModeIn {
     fn into_mode(self) -> Result<u32, String> {
         let octal = |digits: &str| {
-            u32::from_str_radix(digits, 8).map_err(|_| {
-                format!("invalid file mode {digits:?}: expected octal digits such as 0440")
-            })
+            u32::from_str_radix(digits, 8)
+                .map_err(|_| format!("invalid file mode {digits:?}: expected octal digits such as 0440"))
         };
         match self {
             ModeIn::Int(m) => Ok(m),
             ModeIn::Float(f) if f.fract() == 0.0 && f >= 0.0 => octal(&format!("{f:.0}")),
-            ModeIn::Float(f) => Err(format!(
-                "invalid file mode {f}: expected octal digits such as 0440"
-            )),
+            ModeIn::Float(f) => Err(format!("invalid file mode {f}: expected octal digits such as 0440")),
             ModeIn::Text(t) if t.starts_with('0') => octal(t.trim_start_matches("0o")),
-            ModeIn::Text(t) => t.parse().map_err(|_| {
-                format!("invalid file mode {t:?}: expected octal digits such as 0440")
-            }),
+            ModeIn::Text(t) => {
+                t.parse().map_err(|_| format!("invalid file mode {t:?}: expected octal digits such as 0440"))
+            }
         }
     }
 }
@@ -251,12 +244,7 @@ impl IdIn {
 }
 
 /// A service's `configs:` or `secrets:` list, resolved to object names.
-pub fn references(
-    node: &Node,
-    section: Section,
-    declared: &Declared,
-    report: &mut Report,
-) -> Vec<FileReference> {
+pub fn references(node: &Node, section: Section, declared: &Declared, report: &mut Report) -> Vec<FileReference> {
     let what = section.singular();
     let Value::Seq(items) = &node.value else {
         report.error(node.pos, format!("`{what}s` must be a list"));
@@ -278,13 +266,7 @@ pub fn references(
         let Some(r) = r else { continue };
         let Some(object) = declared.get(&r.source) else {
             let pos = item.get("source").map_or(item.pos, |n| n.pos);
-            report.error(
-                pos,
-                format!(
-                    "{what} `{}` is not declared in the top-level `{what}s:` section",
-                    r.source
-                ),
-            );
+            report.error(pos, format!("{what} `{}` is not declared in the top-level `{what}s:` section", r.source));
             continue;
         };
         let target = r.target.unwrap_or_else(|| match section {

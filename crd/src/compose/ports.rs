@@ -13,11 +13,7 @@ pub fn parse_short_port(text: &str) -> Result<Vec<PortConfig>, String> {
     let (spec, protocol) = match text.rsplit_once('/') {
         Some((s, "tcp")) => (s, PortProtocol::Tcp),
         Some((s, "udp")) => (s, PortProtocol::Udp),
-        Some((_, p)) => {
-            return Err(format!(
-                "invalid port {text:?}: protocol {p:?} is not supported (tcp or udp)"
-            ))
-        }
+        Some((_, p)) => return Err(format!("invalid port {text:?}: protocol {p:?} is not supported (tcp or udp)")),
         None => (text, PortProtocol::Tcp),
     };
     let parts: Vec<&str> = spec.split(':').collect();
@@ -37,9 +33,7 @@ pub fn parse_short_port(text: &str) -> Result<Vec<PortConfig>, String> {
     };
     if let Some(p) = &published {
         if p.len() != targets.len() {
-            return Err(format!(
-                "invalid port {text:?}: published and target ranges differ in length"
-            ));
+            return Err(format!("invalid port {text:?}: published and target ranges differ in length"));
         }
     }
     Ok(targets
@@ -104,14 +98,12 @@ pub fn port_entry(node: &Node) -> Result<Vec<PortConfig>, (crate::yaml::Pos, Str
         Value::Str(s) => parse_short_port(s).map_err(|e| (node.pos, e)),
         Value::Int(i) => parse_short_port(&i.to_string()).map_err(|e| (node.pos, e)),
         Value::Map(_) => {
-            let long: LongPort =
-                from_node(node).map_err(|e| (e.pos.unwrap_or(node.pos), e.message))?;
+            let long: LongPort = from_node(node).map_err(|e| (e.pos.unwrap_or(node.pos), e.message))?;
             if long.host_ip.is_some() {
                 let pos = node.get("host_ip").map_or(node.pos, |n| n.pos);
                 return Err((
                     pos,
-                    "`host_ip` is not supported: the routing mesh publishes on every node address"
-                        .into(),
+                    "`host_ip` is not supported: the routing mesh publishes on every node address".into(),
                 ));
             }
             let _ = (long.name, long.app_protocol);
@@ -125,19 +117,11 @@ pub fn port_entry(node: &Node) -> Result<Vec<PortConfig>, (crate::yaml::Pos, Str
                     )
                 })?),
             };
-            Ok(vec![PortConfig {
-                target: long.target,
-                published,
-                protocol: long.protocol,
-                mode: long.mode,
-            }])
+            Ok(vec![PortConfig { target: long.target, published, protocol: long.protocol, mode: long.mode }])
         }
         other => Err((
             node.pos,
-            format!(
-                "a port is a string like \"8080:80\" or a mapping with `target`, found {}",
-                other.type_name()
-            ),
+            format!("a port is a string like \"8080:80\" or a mapping with `target`, found {}", other.type_name()),
         )),
     }
 }
@@ -167,9 +151,7 @@ mod tests {
     fn port_ranges_expand_pairwise() {
         let v = parse_short_port("9000-9001:80-81").unwrap();
         assert_eq!(
-            v.iter()
-                .map(|p| (p.published.unwrap(), p.target))
-                .collect::<Vec<_>>(),
+            v.iter().map(|p| (p.published.unwrap(), p.target)).collect::<Vec<_>>(),
             vec![(9000, 80), (9001, 81)]
         );
         assert!(parse_short_port("9000-9002:80-81").is_err());
@@ -177,9 +159,7 @@ mod tests {
 
     #[test]
     fn host_ips_and_garbage_are_refused_with_reasons() {
-        assert!(parse_short_port("127.0.0.1:8080:80")
-            .unwrap_err()
-            .contains("host IP"));
+        assert!(parse_short_port("127.0.0.1:8080:80").unwrap_err().contains("host IP"));
         assert!(parse_short_port("http").is_err());
         assert!(parse_short_port("0").is_err());
         assert!(parse_short_port("70000").is_err());
@@ -188,14 +168,8 @@ mod tests {
 
     #[test]
     fn long_ports_read_mode_and_protocol() {
-        let doc = crate::yaml::parse_document(
-            "target: 80\npublished: \"8080\"\nprotocol: udp\nmode: host\n",
-        )
-        .unwrap();
+        let doc = crate::yaml::parse_document("target: 80\npublished: \"8080\"\nprotocol: udp\nmode: host\n").unwrap();
         let p = port_entry(&doc).unwrap().remove(0);
-        assert_eq!(
-            (p.target, p.published, p.protocol, p.mode),
-            (80, Some(8080), PortProtocol::Udp, PublishMode::Host)
-        );
+        assert_eq!((p.target, p.published, p.protocol, p.mode), (80, Some(8080), PortProtocol::Udp, PublishMode::Host));
     }
 }

@@ -40,31 +40,13 @@ const SUPPORTED: &[&str] = &[
 
 /// Compose keys Shoal does not act on, with why (a warning, never silence).
 const IGNORED: &[(&str, &str)] = &[
-    (
-        "build",
-        "Shoal runs services from images; build them beforehand",
-    ),
+    ("build", "Shoal runs services from images; build them beforehand"),
     ("volumes", "volumes are not supported yet"),
-    (
-        "container_name",
-        "swarm services name their containers themselves",
-    ),
-    (
-        "links",
-        "ignored by `docker stack deploy` too; services reach each other by name",
-    ),
-    (
-        "depends_on",
-        "ignored by `docker stack deploy` too; make services retry their dependencies",
-    ),
-    (
-        "restart",
-        "use `deploy.restart_policy` (ignored by `docker stack deploy` too)",
-    ),
-    (
-        "expose",
-        "every port of a task is reachable on the stack's network",
-    ),
+    ("container_name", "swarm services name their containers themselves"),
+    ("links", "ignored by `docker stack deploy` too; services reach each other by name"),
+    ("depends_on", "ignored by `docker stack deploy` too; make services retry their dependencies"),
+    ("restart", "use `deploy.restart_policy` (ignored by `docker stack deploy` too)"),
+    ("expose", "every port of a task is reachable on the stack's network"),
     ("logging", "task output is kept by the agent"),
 ];
 
@@ -158,9 +140,7 @@ pub fn read_service(key: &Key, node: &Node, ctx: &Context, report: &mut Report) 
             "user" => spec.user = text(v, "user", report),
             "hostname" => spec.hostname = text(v, "hostname", report),
             "ports" => spec.ports = ports(v, report),
-            "healthcheck" => {
-                spec.healthcheck = typed::<HealthcheckIn>(v, report).map(HealthcheckIn::into_spec)
-            }
+            "healthcheck" => spec.healthcheck = typed::<HealthcheckIn>(v, report).map(HealthcheckIn::into_spec),
             "stop_grace_period" => set(&mut spec.stop_grace_period, typed(v, report)),
             "stop_signal" => spec.stop_signal = text(v, "stop_signal", report).unwrap_or_default(),
             "configs" => spec.configs = references(v, Section::Configs, &ctx.configs, report),
@@ -172,13 +152,7 @@ pub fn read_service(key: &Key, node: &Node, ctx: &Context, report: &mut Report) 
         }
     }
     if node.get("image").is_none() && node.as_map().is_some() {
-        report.error(
-            key.pos,
-            format!(
-                "service `{}` has no `image`: Shoal runs services from images",
-                key.name
-            ),
-        );
+        report.error(key.pos, format!("service `{}` has no `image`: Shoal runs services from images", key.name));
     }
     spec.env = env_file;
     for (k, v, _) in environment {
@@ -206,32 +180,19 @@ fn unsupported_key(key: &Key, name: &str, service: &str, report: &mut Report) {
     if let Some((_, why)) = IGNORED.iter().find(|(k, _)| *k == name) {
         report.warn(key.pos, format!("`{name}` is ignored: {why}"));
     } else if OTHER_COMPOSE_KEYS.contains(&name) {
-        report.warn(
-            key.pos,
-            format!("`{name}` is ignored: Shoal does not support it yet"),
-        );
+        report.warn(key.pos, format!("`{name}` is ignored: Shoal does not support it yet"));
     } else {
-        let hint = closest(name)
-            .map(|k| format!("did you mean `{k}`? "))
-            .unwrap_or_default();
+        let hint = closest(name).map(|k| format!("did you mean `{k}`? ")).unwrap_or_default();
         report.error(
             key.pos,
-            format!(
-                "unknown key `{name}` in service `{service}`: {hint}allowed keys are {}",
-                SUPPORTED.join(", ")
-            ),
+            format!("unknown key `{name}` in service `{service}`: {hint}allowed keys are {}", SUPPORTED.join(", ")),
         );
     }
 }
 
 /// The supported key nearest to `name` (edit distance ≤ 2).
 fn closest(name: &str) -> Option<&'static str> {
-    SUPPORTED
-        .iter()
-        .map(|k| (edit_distance(name, k), *k))
-        .filter(|(d, _)| *d <= 2)
-        .min()
-        .map(|(_, k)| k)
+    SUPPORTED.iter().map(|k| (edit_distance(name, k), *k)).filter(|(d, _)| *d <= 2).min().map(|(_, k)| k)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -272,10 +233,7 @@ fn warn_networks(key: &Key, node: &Node, report: &mut Report) {
         _ => Vec::new(),
     };
     if names.iter().any(|n| n != "default") {
-        report.warn(
-            key.pos,
-            "`networks` is ignored: every service of a stack shares one network for now",
-        );
+        report.warn(key.pos, "`networks` is ignored: every service of a stack shares one network for now");
     }
 }
 
@@ -293,19 +251,12 @@ fn read_env_files(node: &Node, ctx: &Context, report: &mut Report) -> BTreeMap<S
         let path = ctx.dir.join(&rel);
         match std::fs::read_to_string(&path) {
             Ok(content) => {
-                for line in content
-                    .lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                {
+                for line in content.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
                     let (k, v) = line.split_once('=').unwrap_or((line, ""));
                     env.insert(k.trim().to_string(), v.to_string());
                 }
             }
-            Err(e) => report.error(
-                f.pos,
-                format!("cannot read env file {}: {e}", path.display()),
-            ),
+            Err(e) => report.error(f.pos, format!("cannot read env file {}: {e}", path.display())),
         }
     }
     env

@@ -38,11 +38,7 @@ fn service(text: &str) -> Service {
 fn errors(text: &str) -> Vec<(usize, usize, String)> {
     match load_with(text, &[]) {
         Ok(_) => panic!("loaded, but should have been refused"),
-        Err(d) => {
-            d.0.into_iter()
-                .map(|d| (d.line, d.column, d.message))
-                .collect()
-        }
+        Err(d) => d.0.into_iter().map(|d| (d.line, d.column, d.message)).collect(),
     }
 }
 
@@ -77,28 +73,10 @@ fn image_command_entrypoint_and_process_settings_are_translated() {
 #[test]
 fn environment_reads_lists_maps_env_files_and_the_shell() {
     let text = "services:\n  w:\n    image: x\n    env_file: app.env\n    environment:\n      - A=1\n      - FROM_SHELL\n      - NOT_SET\n      - B=from-env\n";
-    let s = load_with(text, &[("app.env", "# comment\nB=file\nC=file\n")])
-        .unwrap()
-        .services
-        .remove(0);
-    let env: Vec<(&str, &str)> = s
-        .spec
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    assert_eq!(
-        env,
-        [
-            ("A", "1"),
-            ("B", "from-env"),
-            ("C", "file"),
-            ("FROM_SHELL", "shell-value")
-        ]
-    );
-    let s = service(
-        "services:\n  w:\n    image: x\n    environment:\n      PORT: 8080\n      DEBUG: true\n",
-    );
+    let s = load_with(text, &[("app.env", "# comment\nB=file\nC=file\n")]).unwrap().services.remove(0);
+    let env: Vec<(&str, &str)> = s.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(env, [("A", "1"), ("B", "from-env"), ("C", "file"), ("FROM_SHELL", "shell-value")]);
+    let s = service("services:\n  w:\n    image: x\n    environment:\n      PORT: 8080\n      DEBUG: true\n");
     assert_eq!(s.spec.env["PORT"], "8080");
     assert_eq!(s.spec.env["DEBUG"], "true");
 }
@@ -109,21 +87,17 @@ fn ports_read_short_and_long_syntax() {
     let p = &s.spec.ports;
     assert_eq!((p[0].target, p[0].published), (80, None));
     assert_eq!((p[1].target, p[1].published), (80, Some(8080)));
-    assert_eq!(
-        (p[2].protocol, p[2].mode),
-        (PortProtocol::Udp, PublishMode::Host)
-    );
+    assert_eq!((p[2].protocol, p[2].mode), (PortProtocol::Udp, PublishMode::Host));
 }
 
 #[test]
 fn healthchecks_are_normalized_and_filled() {
-    let s = service("services:\n  w:\n    image: x\n    healthcheck:\n      test: curl -f http://localhost\n      interval: 10s\n");
+    let s = service(
+        "services:\n  w:\n    image: x\n    healthcheck:\n      test: curl -f http://localhost\n      interval: 10s\n",
+    );
     let h = s.spec.healthcheck.unwrap();
     assert_eq!(h.test, ["CMD-SHELL", "curl -f http://localhost"]);
-    assert_eq!(
-        (h.interval, h.timeout, h.retries),
-        (Duration::from_secs(10), Duration::from_secs(30), 3)
-    );
+    assert_eq!((h.interval, h.timeout, h.retries), (Duration::from_secs(10), Duration::from_secs(30), 3));
     let s = service("services:\n  w:\n    image: x\n    healthcheck:\n      disable: true\n");
     assert_eq!(s.spec.healthcheck.unwrap().test, ["NONE"]);
 }
@@ -161,30 +135,19 @@ fn deploy_settings_are_translated() {
     assert_eq!(d.rollback_config.order, UpdateOrder::StopFirst);
     assert_eq!(d.restart_policy.condition, RestartCondition::None);
     assert_eq!(d.restart_policy.delay, Duration::from_secs(5));
-    assert_eq!(
-        d.placement.constraints,
-        ["node.role == worker", "node.labels.zone != east"]
-    );
+    assert_eq!(d.placement.constraints, ["node.role == worker", "node.labels.zone != east"]);
     assert_eq!(d.placement.preferences[0].spread, "node.labels.zone");
     assert_eq!(d.placement.max_replicas_per_node, Some(2));
     let limits = d.resources.limits.as_ref().unwrap();
-    assert_eq!(
-        (limits.cpus, limits.memory, limits.pids),
-        (Some(0.5), Some(512 << 20), Some(100))
-    );
-    assert_eq!(
-        d.resources.reservations.as_ref().unwrap().memory,
-        Some(1 << 30)
-    );
+    assert_eq!((limits.cpus, limits.memory, limits.pids), (Some(0.5), Some(512 << 20), Some(100)));
+    assert_eq!(d.resources.reservations.as_ref().unwrap().memory, Some(1 << 30));
 }
 
 #[test]
 fn global_mode_has_no_replicas_and_refuses_them() {
     let s = service("services:\n  a:\n    image: x\n    deploy:\n      mode: global\n");
     assert_eq!((s.spec.mode, s.spec.replicas), (ServiceMode::Global, None));
-    let e = errors(
-        "services:\n  a:\n    image: x\n    deploy:\n      mode: global\n      replicas: 2\n",
-    );
+    let e = errors("services:\n  a:\n    image: x\n    deploy:\n      mode: global\n      replicas: 2\n");
     assert_eq!((e[0].0, e[0].1), (6, 17));
 }
 
@@ -210,29 +173,13 @@ configs:
     let stack = load_with(text, &[("app.conf", "a=1\n")]).unwrap();
     assert_eq!(stack.configs.len(), 1);
     let c = &stack.configs[0];
-    assert_eq!(
-        (c.metadata.name.as_str(), c.spec.data.0.as_slice()),
-        ("st_app", b"a=1\n".as_slice())
-    );
+    assert_eq!((c.metadata.name.as_str(), c.spec.data.0.as_slice()), ("st_app", b"a=1\n".as_slice()));
     assert_eq!(c.metadata.labels["k"], "v");
     assert_eq!(c.metadata.labels[STACK_NAMESPACE_LABEL], "st");
     let refs = &stack.services[0].spec.configs;
-    assert_eq!(
-        (
-            refs[0].source.as_str(),
-            refs[0].target.as_str(),
-            refs[0].mode
-        ),
-        ("st_app", "/app", 0o444)
-    );
-    assert_eq!(
-        (refs[1].source.as_str(), refs[1].target.as_str()),
-        ("shared-conf", "/etc/ext.conf")
-    );
-    assert_eq!(
-        (refs[1].uid.as_str(), refs[1].gid.as_str(), refs[1].mode),
-        ("33", "0", 0o440)
-    );
+    assert_eq!((refs[0].source.as_str(), refs[0].target.as_str(), refs[0].mode), ("st_app", "/app", 0o444));
+    assert_eq!((refs[1].source.as_str(), refs[1].target.as_str()), ("shared-conf", "/etc/ext.conf"));
+    assert_eq!((refs[1].uid.as_str(), refs[1].gid.as_str(), refs[1].mode), ("33", "0", 0o440));
 }
 
 #[test]
@@ -241,14 +188,8 @@ fn external_secrets_are_referenced_and_never_created() {
     let stack = load(text);
     assert!(stack.secrets.is_empty());
     let refs = &stack.services[0].spec.secrets;
-    assert_eq!(
-        (refs[0].source.as_str(), refs[0].target.as_str()),
-        ("db_pw", "/run/secrets/db_pw")
-    );
-    assert_eq!(
-        (refs[1].source.as_str(), refs[1].target.as_str()),
-        ("api-key-v2", "/run/secrets/api.key")
-    );
+    assert_eq!((refs[0].source.as_str(), refs[0].target.as_str()), ("db_pw", "/run/secrets/db_pw"));
+    assert_eq!((refs[1].source.as_str(), refs[1].target.as_str()), ("api-key-v2", "/run/secrets/api.key"));
 }
 
 #[test]
@@ -289,22 +230,15 @@ fn references_to_undeclared_configs_are_errors() {
 
 #[test]
 fn empty_config_files_are_refused() {
-    let e = load_with(
-        "services:\n  w: {image: x}\nconfigs:\n  c: {file: empty.conf}\n",
-        &[("empty.conf", "")],
-    )
-    .unwrap_err();
+    let e = load_with("services:\n  w: {image: x}\nconfigs:\n  c: {file: empty.conf}\n", &[("empty.conf", "")])
+        .unwrap_err();
     assert!(e.0[0].message.contains("1 byte to 500 KiB"), "{e}");
 }
 
 #[test]
 fn ignored_compose_keys_warn_with_their_position() {
     let stack = load("services:\n  w:\n    image: x\n    build: .\n    cap_add: [NET_ADMIN]\n    x-note: fine\n    networks: [default]\nx-common: &c {a: 1}\n");
-    let w: Vec<(usize, String)> = stack
-        .warnings
-        .iter()
-        .map(|d| (d.line, d.message.clone()))
-        .collect();
+    let w: Vec<(usize, String)> = stack.warnings.iter().map(|d| (d.line, d.message.clone())).collect();
     assert_eq!(w.len(), 2, "{w:?}");
     assert_eq!(w[0].0, 4);
     assert!(w[0].1.contains("build them beforehand"));
@@ -350,9 +284,7 @@ fn old_file_versions_and_bad_stack_names_are_refused() {
 #[test]
 fn unknown_top_level_keys_and_wrong_shapes_are_errors() {
     let e = errors("servics:\n  w: {image: x}\n");
-    assert!(e
-        .iter()
-        .any(|(l, c, m)| (*l, *c) == (1, 1) && m.contains("unknown top-level key")));
+    assert!(e.iter().any(|(l, c, m)| (*l, *c) == (1, 1) && m.contains("unknown top-level key")));
     let e = errors("services:\n  w:\n    image: x\n    ports: \"80\"\n");
     assert_eq!((e[0].0, e[0].1), (4, 12));
 }

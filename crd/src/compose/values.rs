@@ -15,10 +15,7 @@ pub fn entries<'a>(node: &'a Node, what: &str, report: &mut Report) -> &'a [(Key
         Value::Map(m) => m,
         Value::Null => &[],
         other => {
-            report.error(
-                node.pos,
-                format!("{what} must be a mapping, found {}", other.type_name()),
-            );
+            report.error(node.pos, format!("{what} must be a mapping, found {}", other.type_name()));
             &[]
         }
     }
@@ -26,29 +23,20 @@ pub fn entries<'a>(node: &'a Node, what: &str, report: &mut Report) -> &'a [(Key
 
 /// Reads `T` from `node`, reporting the positioned error on failure.
 pub fn typed<T: DeserializeOwned>(node: &Node, report: &mut Report) -> Option<T> {
-    from_node(node)
-        .map_err(|e| report.node_error(node.pos, e))
-        .ok()
+    from_node(node).map_err(|e| report.node_error(node.pos, e)).ok()
 }
 
 /// A scalar as text (numbers and booleans allowed), or an error at it.
 pub fn text(node: &Node, what: &str, report: &mut Report) -> Option<String> {
     let t = node.scalar_text();
     if t.is_none() {
-        report.error(
-            node.pos,
-            format!("{what} must be a string, found {}", node.value.type_name()),
-        );
+        report.error(node.pos, format!("{what} must be a string, found {}", node.value.type_name()));
     }
     t
 }
 
 /// `KEY=VALUE` list or `KEY: VALUE` map; `KEY` alone or `KEY:` with no value gives `None`.
-pub fn key_values(
-    node: &Node,
-    what: &str,
-    report: &mut Report,
-) -> Vec<(String, Option<String>, Pos)> {
+pub fn key_values(node: &Node, what: &str, report: &mut Report) -> Vec<(String, Option<String>, Pos)> {
     match &node.value {
         Value::Seq(items) => items
             .iter()
@@ -74,10 +62,7 @@ pub fn key_values(
         other => {
             report.error(
                 node.pos,
-                format!(
-                    "{what} must be a list of KEY=VALUE or a mapping, found {}",
-                    other.type_name()
-                ),
+                format!("{what} must be a list of KEY=VALUE or a mapping, found {}", other.type_name()),
             );
             Vec::new()
         }
@@ -103,9 +88,7 @@ pub fn command(node: &Node, what: &str, report: &mut Report) -> Option<Vec<Strin
         Value::Null => None,
         _ => {
             let t = text(node, what, report)?;
-            shell_split(&t)
-                .map_err(|e| report.error(node.pos, format!("{what}: {e}")))
-                .ok()
+            shell_split(&t).map_err(|e| report.error(node.pos, format!("{what}: {e}"))).ok()
         }
     }
 }
@@ -139,9 +122,7 @@ pub fn shell_split(text: &str) -> Result<Vec<String>, String> {
                     }
                 }
             }
-            '\\' => word
-                .get_or_insert_with(String::new)
-                .push(chars.next().ok_or("trailing backslash")?),
+            '\\' => word.get_or_insert_with(String::new).push(chars.next().ok_or("trailing backslash")?),
             c => word.get_or_insert_with(String::new).push(c),
         }
     }
@@ -155,10 +136,7 @@ pub fn cpus(node: &Node, report: &mut Report) -> Option<f64> {
     match t.trim().parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() => Some(v),
         _ => {
-            report.error(
-                node.pos,
-                format!("invalid cpus {t:?}: expected a positive number such as 0.5 or 2"),
-            );
+            report.error(node.pos, format!("invalid cpus {t:?}: expected a positive number such as 0.5 or 2"));
             None
         }
     }
@@ -169,7 +147,10 @@ pub fn bytes(node: &Node, report: &mut Report) -> Option<u64> {
     let t = text(node, "memory", report)?;
     let r = parse_bytes(&t);
     if r.is_none() {
-        report.error(node.pos, format!("invalid size {t:?}: expected bytes or a number with unit b, k, m or g (e.g. 512M, 1G)"));
+        report.error(
+            node.pos,
+            format!("invalid size {t:?}: expected bytes or a number with unit b, k, m or g (e.g. 512M, 1G)"),
+        );
     }
     r
 }
@@ -177,9 +158,7 @@ pub fn bytes(node: &Node, report: &mut Report) -> Option<u64> {
 /// Parses `512M`, `1g`, `1.5GB`, `1024`.
 pub fn parse_bytes(text: &str) -> Option<u64> {
     let lower = text.trim().to_ascii_lowercase();
-    let split = lower
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(lower.len());
+    let split = lower.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(lower.len());
     let (num, unit) = lower.split_at(split);
     let n: f64 = num.parse().ok()?;
     let mult: u64 = match unit.trim() {
@@ -199,10 +178,7 @@ mod tests {
 
     #[test]
     fn commands_are_split_like_a_shell() {
-        assert_eq!(
-            shell_split(r#"sh -c "echo 'hi there'" x\ y"#).unwrap(),
-            vec!["sh", "-c", "echo 'hi there'", "x y"]
-        );
+        assert_eq!(shell_split(r#"sh -c "echo 'hi there'" x\ y"#).unwrap(), vec!["sh", "-c", "echo 'hi there'", "x y"]);
         assert_eq!(shell_split("a  ''").unwrap(), vec!["a", ""]);
         assert!(shell_split("echo \"open").is_err());
     }
@@ -220,23 +196,10 @@ mod tests {
     fn environment_reads_as_list_or_map() {
         let mut r = Report::new(std::path::Path::new("x"));
         let list = crate::yaml::parse_document("[A=1, B, C=x=y]").unwrap();
-        let kv: Vec<_> = key_values(&list, "environment", &mut r)
-            .into_iter()
-            .map(|(k, v, _)| (k, v))
-            .collect();
-        assert_eq!(
-            kv,
-            vec![
-                ("A".into(), Some("1".into())),
-                ("B".into(), None),
-                ("C".into(), Some("x=y".into()))
-            ]
-        );
+        let kv: Vec<_> = key_values(&list, "environment", &mut r).into_iter().map(|(k, v, _)| (k, v)).collect();
+        assert_eq!(kv, vec![("A".into(), Some("1".into())), ("B".into(), None), ("C".into(), Some("x=y".into()))]);
         let map = crate::yaml::parse_document("{A: 1, B: }").unwrap();
-        let kv: Vec<_> = key_values(&map, "environment", &mut r)
-            .into_iter()
-            .map(|(k, v, _)| (k, v))
-            .collect();
+        let kv: Vec<_> = key_values(&map, "environment", &mut r).into_iter().map(|(k, v, _)| (k, v)).collect();
         assert_eq!(kv, vec![("A".into(), Some("1".into())), ("B".into(), None)]);
         assert!(r.errors.is_empty());
     }

@@ -90,13 +90,7 @@ mod tests {
     #[test]
     fn every_kind_round_trips_through_json_with_its_envelope() {
         round_trip(Service::new("x", ServiceSpec::from_image("nginx")));
-        round_trip(Config::new(
-            "x",
-            ConfigSpec {
-                data: Base64Data(b"hi".to_vec()),
-                template_driver: None,
-            },
-        ));
+        round_trip(Config::new("x", ConfigSpec { data: Base64Data(b"hi".to_vec()), template_driver: None }));
         round_trip(Secret::new("x", SecretSpec::default()));
         round_trip(Node::new("x", NodeSpec::default()));
         let task = TaskSpec {
@@ -112,10 +106,7 @@ mod tests {
         round_trip(TaskObservation::new("x", observation));
         let event = EventSpec {
             controller: "service".into(),
-            object: ObjectReference {
-                kind: "Service".into(),
-                name: "web".into(),
-            },
+            object: ObjectReference { kind: "Service".into(), name: "web".into() },
             generation: 2,
             action: "scale-up".into(),
             reason: "replicas 1 → 3".into(),
@@ -187,16 +178,7 @@ mod tests {
 
     #[test]
     fn config_data_is_base64_in_json() {
-        let c = Config::new(
-            "x",
-            ConfigSpec {
-                data: Base64Data(b"hello".to_vec()),
-                template_driver: None,
-            },
-        );
-        assert_eq!(
-            serde_json::to_value(&c).unwrap()["spec"]["data"],
-            "aGVsbG8="
-        );
+        let c = Config::new("x", ConfigSpec { data: Base64Data(b"hello".to_vec()), template_driver: None });
+        assert_eq!(serde_json::to_value(&c).unwrap()["spec"]["data"], "aGVsbG8=");
     }
 }

@@ -68,7 +68,8 @@ mod tests {
         spec.secrets.push(crate::FileReference::to("db-password"));
         spec.configs.push(crate::FileReference::to("app"));
         let v1 = spec.resolved(|_, _| Some(1));
-        let v2 = spec.resolved(|kind, name| Some(if kind == crate::FileKind::Secret && name == "db-password" { 2 } else { 1 }));
+        let v2 = spec
+            .resolved(|kind, name| Some(if kind == crate::FileKind::Secret && name == "db-password" { 2 } else { 1 }));
         assert_ne!(v1.template_hash(), v2.template_hash(), "a rotation rolls the tasks");
         assert_eq!(v1.changed_versions(&v2), ["secret db-password v2"]);
         assert!(v2.unresolved().same_template(&spec), "a task's spec without versions is its service's");
@@ -79,7 +80,11 @@ mod tests {
     #[test]
     fn update_status_reads_like_dockers_in_json() {
         let status = ServiceStatus {
-            update_status: Some(UpdateStatus { state: UpdateState::RollbackCompleted, message: "rollback completed".into(), ..Default::default() }),
+            update_status: Some(UpdateStatus {
+                state: UpdateState::RollbackCompleted,
+                message: "rollback completed".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         };
         let json = serde_json::to_value(&status).unwrap();

@@ -134,7 +134,9 @@ impl ServiceSpec {
     /// and `newer`, as `secret db-password v2` (`newer`'s version).
     pub fn changed_versions(&self, newer: &ServiceSpec) -> Vec<String> {
         let mut out = Vec::new();
-        for (kind, old, new) in [(FileKind::Config, &self.configs, &newer.configs), (FileKind::Secret, &self.secrets, &newer.secrets)] {
+        for (kind, old, new) in
+            [(FileKind::Config, &self.configs, &newer.configs), (FileKind::Secret, &self.secrets, &newer.secrets)]
+        {
             for reference in new {
                 let before = old.iter().find(|r| r.source == reference.source).map(|r| r.version);
                 if let (Some(before), Some(now)) = (before, reference.version) {

@@ -37,20 +37,7 @@ pub struct TaskSpec {
 }
 
 /// Swarm's task states, in lifecycle order.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    Default,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Serialize,
-    Deserialize,
-    JsonSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TaskState {
     #[default]
@@ -121,8 +108,7 @@ impl TaskStatus {
     /// and healthy when it has a healthcheck (no probe means no `health`).
     /// As in Docker, a task with a probe is not ready while `starting`.
     pub fn is_ready(&self) -> bool {
-        self.state == TaskState::Running
-            && self.health.as_ref().is_none_or(|h| h.status == HealthStatus::Healthy)
+        self.state == TaskState::Running && self.health.as_ref().is_none_or(|h| h.status == HealthStatus::Healthy)
     }
 }
 

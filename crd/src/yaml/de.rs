@@ -6,8 +6,8 @@
 use std::fmt;
 
 use serde::de::{
-    self, DeserializeOwned, DeserializeSeed, Deserializer, EnumAccess, IntoDeserializer, MapAccess,
-    SeqAccess, VariantAccess, Visitor,
+    self, DeserializeOwned, DeserializeSeed, Deserializer, EnumAccess, IntoDeserializer, MapAccess, SeqAccess,
+    VariantAccess, Visitor,
 };
 
 use super::{Key, Node, Pos, Value};
@@ -29,10 +29,7 @@ impl std::error::Error for NodeError {}
 
 impl de::Error for NodeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        NodeError {
-            pos: None,
-            message: msg.to_string(),
-        }
+        NodeError { pos: None, message: msg.to_string() }
     }
 }
 
@@ -57,10 +54,7 @@ impl<'de> Deserializer<'de> for &'de Node {
             Value::Float(f) => v.visit_f64(*f),
             Value::Str(s) => v.visit_str(s),
             Value::Seq(items) => v.visit_seq(Seq(items.iter())),
-            Value::Map(entries) => v.visit_map(Map {
-                entries: entries.iter(),
-                value: None,
-            }),
+            Value::Map(entries) => v.visit_map(Map { entries: entries.iter(), value: None }),
         };
         r.map_err(|e| at(e, self.pos))
     }
@@ -73,11 +67,7 @@ impl<'de> Deserializer<'de> for &'de Node {
         .map_err(|e| at(e, self.pos))
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        v: V,
-    ) -> Result<V::Value, NodeError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, v: V) -> Result<V::Value, NodeError> {
         v.visit_newtype_struct(self).map_err(|e| at(e, self.pos))
     }
 
@@ -111,10 +101,7 @@ struct Seq<'a>(std::slice::Iter<'a, Node>);
 
 impl<'de> SeqAccess<'de> for Seq<'de> {
     type Error = NodeError;
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, NodeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, NodeError> {
         match self.0.next() {
             Some(n) => seed.deserialize(n).map(Some).map_err(|e| at(e, n.pos)),
             None => Ok(None),
@@ -129,25 +116,18 @@ struct Map<'a> {
 
 impl<'de> MapAccess<'de> for Map<'de> {
     type Error = NodeError;
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, NodeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, NodeError> {
         match self.entries.next() {
             Some((k, v)) => {
                 self.value = Some(v);
-                let de: de::value::StrDeserializer<'_, NodeError> =
-                    k.name.as_str().into_deserializer();
+                let de: de::value::StrDeserializer<'_, NodeError> = k.name.as_str().into_deserializer();
                 seed.deserialize(de).map(Some).map_err(|e| at(e, k.pos))
             }
             None => Ok(None),
         }
     }
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, NodeError> {
-        let n = self
-            .value
-            .take()
-            .ok_or_else(|| de::Error::custom("value without key"))?;
+        let n = self.value.take().ok_or_else(|| de::Error::custom("value without key"))?;
         seed.deserialize(n).map_err(|e| at(e, n.pos))
     }
 }
@@ -160,12 +140,8 @@ struct Enum<'a> {
 impl<'de> EnumAccess<'de> for Enum<'de> {
     type Error = NodeError;
     type Variant = &'de Node;
-    fn variant_seed<S: DeserializeSeed<'de>>(
-        self,
-        seed: S,
-    ) -> Result<(S::Value, &'de Node), NodeError> {
-        let de: de::value::StrDeserializer<'_, NodeError> =
-            self.key.name.as_str().into_deserializer();
+    fn variant_seed<S: DeserializeSeed<'de>>(self, seed: S) -> Result<(S::Value, &'de Node), NodeError> {
+        let de: de::value::StrDeserializer<'_, NodeError> = self.key.name.as_str().into_deserializer();
         let v = seed.deserialize(de).map_err(|e| at(e, self.key.pos))?;
         Ok((v, self.value))
     }
@@ -182,11 +158,7 @@ impl<'de> VariantAccess<'de> for &'de Node {
     fn tuple_variant<V: Visitor<'de>>(self, _len: usize, v: V) -> Result<V::Value, NodeError> {
         self.deserialize_any(v)
     }
-    fn struct_variant<V: Visitor<'de>>(
-        self,
-        _fields: &'static [&'static str],
-        v: V,
-    ) -> Result<V::Value, NodeError> {
+    fn struct_variant<V: Visitor<'de>>(self, _fields: &'static [&'static str], v: V) -> Result<V::Value, NodeError> {
         self.deserialize_any(v)
     }
 }
@@ -225,11 +197,7 @@ mod tests {
     fn unknown_field_points_at_the_key_and_lists_allowed_ones() {
         let e = err_of("count: 1\n  \nnmae: x\n");
         assert_eq!(e.pos, Some(Pos { line: 3, column: 1 }));
-        assert!(
-            e.message.contains("count") && e.message.contains("name"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("count") && e.message.contains("name"), "{}", e.message);
     }
 
     #[test]

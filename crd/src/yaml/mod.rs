@@ -82,10 +82,7 @@ impl Node {
 
     /// The value of key `name` when this node is a mapping that has it.
     pub fn get(&self, name: &str) -> Option<&Node> {
-        self.as_map()?
-            .iter()
-            .find(|(k, _)| k.name == name)
-            .map(|(_, v)| v)
+        self.as_map()?.iter().find(|(k, _)| k.name == name).map(|(_, v)| v)
     }
 
     /// A scalar rendered as text (`3`, `true`, `1.5`, `abc`); `None` for
@@ -120,10 +117,7 @@ pub fn parse_documents(text: &str) -> Result<Vec<Node>, ParseError> {
 pub fn parse_document(text: &str) -> Result<Node, ParseError> {
     let mut docs = parse_documents(text)?;
     match docs.len() {
-        0 => Ok(Node {
-            pos: Pos { line: 1, column: 1 },
-            value: Value::Null,
-        }),
+        0 => Ok(Node { pos: Pos { line: 1, column: 1 }, value: Value::Null }),
         1 => Ok(docs.remove(0)),
         _ => Err(ParseError {
             pos: docs[1].pos,
@@ -143,26 +137,17 @@ fn parse_error(e: serde_saphyr::Error) -> ParseError {
     let full = e.to_string();
     let first = full.lines().next().unwrap_or("invalid YAML").trim();
     // …and repeats the position we report separately: "error: line 5 column 6: …".
-    let message = first
-        .rsplit_once(": ")
-        .filter(|(head, _)| head.contains("line "))
-        .map_or(first, |(_, m)| m)
-        .to_string();
+    let message =
+        first.rsplit_once(": ").filter(|(head, _)| head.contains("line ")).map_or(first, |(_, m)| m).to_string();
     ParseError { pos, message }
 }
 
 fn pos_of(loc: serde_saphyr::Location) -> Pos {
-    Pos {
-        line: loc.line() as usize,
-        column: loc.column() as usize,
-    }
+    Pos { line: loc.line() as usize, column: loc.column() as usize }
 }
 
 fn node(s: Spanned<Value>) -> Node {
-    Node {
-        pos: pos_of(s.referenced),
-        value: s.value,
-    }
+    Node { pos: pos_of(s.referenced), value: s.value }
 }
 
 impl<'de> Deserialize<'de> for Value {
@@ -195,9 +180,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
         Ok(Value::Int(v))
     }
     fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(i64::try_from(v)
-            .map(Value::Int)
-            .unwrap_or(Value::Float(v as f64)))
+        Ok(i64::try_from(v).map(Value::Int).unwrap_or(Value::Float(v as f64)))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
         Ok(Value::Float(v))
@@ -219,10 +202,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
         let mut entries: Vec<(Key, Node)> = Vec::new();
         while let Some(k) = map.next_key::<Spanned<Value>>()? {
             let v: Spanned<Value> = map.next_value()?;
-            let key = Key {
-                pos: pos_of(k.referenced),
-                name: key_text(&k.value),
-            };
+            let key = Key { pos: pos_of(k.referenced), name: key_text(&k.value) };
             // A later key wins, as in YAML merges (`<<` first, own keys after).
             entries.retain(|(existing, _)| existing.name != key.name);
             entries.push((key, node(v)));
@@ -232,10 +212,7 @@ impl<'de> Visitor<'de> for ValueVisitor {
 }
 
 fn key_text(v: &Value) -> String {
-    let n = Node {
-        pos: Pos::default(),
-        value: v.clone(),
-    };
+    let n = Node { pos: Pos::default(), value: v.clone() };
     n.scalar_text().unwrap_or_else(|| match v {
         Value::Null => "null".into(),
         _ => format!("<{}>", v.type_name()),

@@ -12,8 +12,8 @@ use tonic::transport::Channel;
 
 use super::StoreBenchOptions;
 use crate::proto::{
-    kv_client::KvClient, request_op::Request, watch_client::WatchClient, watch_request::RequestUnion,
-    PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    kv_client::KvClient, request_op::Request, watch_client::WatchClient, watch_request::RequestUnion, PutRequest,
+    RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
 };
 
 const VALUE_BYTES: usize = 256;
@@ -146,7 +146,9 @@ pub async fn run_workload(endpoint: &str, w: &Workload) -> anyhow::Result<Figure
     let (rate, _) = timed(w.txns, w.concurrency, |t| {
         let mut kv = kv.clone();
         let success = (0..w.txn_ops)
-            .map(|j| RequestOp { request: Some(Request::RequestPut(put(format!("bench/{}/txn/{t:06}/{j:04}", w.run)))) })
+            .map(|j| RequestOp {
+                request: Some(Request::RequestPut(put(format!("bench/{}/txn/{t:06}/{j:04}", w.run)))),
+            })
             .collect();
         async move {
             kv.txn(TxnRequest { compare: vec![], success, failure: vec![] }).await?;
@@ -158,7 +160,8 @@ pub async fn run_workload(endpoint: &str, w: &Workload) -> anyhow::Result<Figure
     (figures.txn_rate, figures.txn_put_rate) = (rate, rate * w.txn_ops as f64);
 
     let (events, lat) = watch_phase(channel, &kv, w).await.context("watch phase")?;
-    (figures.watch_events, figures.watch_p50, figures.watch_p99) = (events, percentile(&lat, 0.5), percentile(&lat, 0.99));
+    (figures.watch_events, figures.watch_p50, figures.watch_p99) =
+        (events, percentile(&lat, 0.5), percentile(&lat, 0.99));
     Ok(figures)
 }
 

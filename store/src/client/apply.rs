@@ -126,8 +126,15 @@ impl ApplyPlan {
             .iter()
             .filter_map(|c| match c.change {
                 Change::Unchanged => None,
-                Change::Deleted => Some(Op::RequestDeleteRange(DeleteRangeRequest { key: c.key.clone().into_bytes(), ..Default::default() })),
-                _ => Some(Op::RequestPut(PutRequest { key: c.key.clone().into_bytes(), value: c.value.clone(), ..Default::default() })),
+                Change::Deleted => Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                    key: c.key.clone().into_bytes(),
+                    ..Default::default()
+                })),
+                _ => Some(Op::RequestPut(PutRequest {
+                    key: c.key.clone().into_bytes(),
+                    value: c.value.clone(),
+                    ..Default::default()
+                })),
             })
             .map(|request| RequestOp { request: Some(request) })
             .collect();

@@ -13,8 +13,8 @@ use tonic::{Request, Status};
 use super::config::StoreConfig;
 use super::error::StoreError;
 use crate::proto::{
-    auth_client::AuthClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, watch_client::WatchClient, AuthenticateRequest, StatusRequest,
+    auth_client::AuthClient, kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    watch_client::WatchClient, AuthenticateRequest, StatusRequest,
 };
 
 /// Adds etcd's auth token (when a user is configured) to every request.
@@ -64,11 +64,9 @@ impl Etcd {
                     return Ok(etcd);
                 }
                 Err(ConnectFailure::Config(msg)) => return Err(StoreError::Config(msg)),
-                Err(ConnectFailure::Unreachable(reason)) => failures.push(if config.endpoints.len() > 1 {
-                    format!("{url}: {reason}")
-                } else {
-                    reason
-                }),
+                Err(ConnectFailure::Unreachable(reason)) => {
+                    failures.push(if config.endpoints.len() > 1 { format!("{url}: {reason}") } else { reason })
+                }
             }
         }
         Err(StoreError::Unreachable {
@@ -179,9 +177,8 @@ fn build_endpoint(config: &StoreConfig, url: &str) -> Result<Endpoint, StoreErro
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5));
     if config.cacert.is_some() || config.cert.is_some() || url.starts_with("https://") {
-        endpoint = endpoint
-            .tls_config(tls_config(config)?)
-            .map_err(|e| StoreError::Config(format!("TLS for {url}: {e}")))?;
+        endpoint =
+            endpoint.tls_config(tls_config(config)?).map_err(|e| StoreError::Config(format!("TLS for {url}: {e}")))?;
     }
     Ok(endpoint)
 }

@@ -40,8 +40,8 @@ use crate::proto::{
     request_op::Request as Op,
     response_op::Response as OpResponse,
     watch_request::RequestUnion,
-    Compare, EventType, KeyValue, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchRequest, WatchResponse,
+    Compare, EventType, KeyValue, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+    WatchResponse,
 };
 
 /// Pause before campaigning again after a broken watch, so a store that is

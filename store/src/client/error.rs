@@ -33,13 +33,21 @@ pub enum StoreError {
     AlreadyExists { kind: &'static str, name: String },
     /// A stored value is not a valid object of its kind.
     #[error("cannot decode {key}: {source}")]
-    Decode { key: String, #[source] source: serde_json::Error },
+    Decode {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
     /// The watched history was compacted past the requested revision.
     #[error("revision {requested} has been compacted (oldest available: {compact_revision})")]
     Compacted { requested: i64, compact_revision: i64 },
     /// Any other answer from the store.
     #[error("store request to {endpoint} failed: {status}")]
-    Rpc { endpoint: String, #[source] status: tonic::Status },
+    Rpc {
+        endpoint: String,
+        #[source]
+        status: tonic::Status,
+    },
 }
 
 impl StoreError {

@@ -53,7 +53,12 @@ impl<R: Resource> Reader<R> {
     pub fn group(&self, key: &str) -> Vec<Arc<R>> {
         let cache = self.objects.read().expect("reflector lock");
         debug_assert!(cache.groups.is_some(), "Reader::group on a reflector started without a group key");
-        cache.groups.as_ref().and_then(|g| g.members.get(key)).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        cache
+            .groups
+            .as_ref()
+            .and_then(|g| g.members.get(key))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Waits until the cache changes (any event).
@@ -163,7 +168,10 @@ fn apply_event<R: Resource>(cache: &RwLock<Cache<R>>, event: WatchEvent<R>) {
         }
         WatchEvent::Applied(object) => {
             let name = &object.metadata().name;
-            let newer = cache.objects.get(name).is_none_or(|old| old.metadata().resource_version <= object.metadata().resource_version);
+            let newer = cache
+                .objects
+                .get(name)
+                .is_none_or(|old| old.metadata().resource_version <= object.metadata().resource_version);
             if newer {
                 cache.insert(Arc::new(object));
             }
@@ -196,7 +204,10 @@ mod tests {
         apply_event(&cache, WatchEvent::Restarted(vec![node("a", "x", 1), node("b", "x", 1), node("c", "y", 1)]));
         assert_eq!(names(&cache, "x"), ["a", "b"]);
         apply_event(&cache, WatchEvent::Applied(node("b", "y", 2)));
-        assert_eq!((names(&cache, "x"), names(&cache, "y")), (vec!["a".to_string()], vec!["b".to_string(), "c".to_string()]));
+        assert_eq!(
+            (names(&cache, "x"), names(&cache, "y")),
+            (vec!["a".to_string()], vec!["b".to_string(), "c".to_string()])
+        );
         apply_event(&cache, WatchEvent::Applied(node("b", "x", 1)));
         assert_eq!(names(&cache, "x"), ["a"], "a stale event changes nothing");
         apply_event(&cache, WatchEvent::Deleted(node("a", "x", 3)));

@@ -138,7 +138,10 @@ impl Store {
     pub async fn delete<R: Resource>(&self, name: &str, expected: Option<i64>) -> Result<bool, StoreError> {
         let key = self.key_of::<R>(name);
         let delete = RequestOp {
-            request: Some(Op::RequestDeleteRange(DeleteRangeRequest { key: key.clone().into_bytes(), ..Default::default() })),
+            request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+                key: key.clone().into_bytes(),
+                ..Default::default()
+            })),
         };
         let mut compare = self.fence.clone();
         if let Some(rev) = expected {
@@ -147,7 +150,11 @@ impl Store {
         let txn = TxnRequest { compare, success: vec![delete], failure: vec![] };
         let response = self.etcd.unary(self.etcd.kv().txn(txn)).await?;
         if !response.succeeded {
-            return Err(StoreError::Conflict { kind: R::KIND, name: name.to_string(), expected: expected.unwrap_or(0) });
+            return Err(StoreError::Conflict {
+                kind: R::KIND,
+                name: name.to_string(),
+                expected: expected.unwrap_or(0),
+            });
         }
         let deleted = response.responses.first().and_then(|r| match &r.response {
             Some(crate::proto::response_op::Response::ResponseDeleteRange(d)) => Some(d.deleted),
@@ -158,7 +165,13 @@ impl Store {
 
     /// Puts `object` at `key` if `compare` holds; `Some(revision)` on success.
     async fn put_if<R: Resource>(&self, key: &str, object: &R, compare: Compare) -> Result<Option<i64>, StoreError> {
-        let put = RequestOp { request: Some(Op::RequestPut(PutRequest { key: key.as_bytes().to_vec(), value: encode(object), ..Default::default() })) };
+        let put = RequestOp {
+            request: Some(Op::RequestPut(PutRequest {
+                key: key.as_bytes().to_vec(),
+                value: encode(object),
+                ..Default::default()
+            })),
+        };
         let mut compares = self.fence.clone();
         compares.push(compare);
         let txn = TxnRequest { compare: compares, success: vec![put], failure: vec![] };
@@ -180,10 +193,8 @@ pub fn compare_mod_revision(key: &str, revision: i64) -> Compare {
 
 /// Decodes a stored object and fills its resourceVersion from the key's mod_revision.
 pub fn decode<R: Resource>(kv: &KeyValue) -> Result<R, StoreError> {
-    let mut object: R = serde_json::from_slice(&kv.value).map_err(|source| StoreError::Decode {
-        key: String::from_utf8_lossy(&kv.key).into_owned(),
-        source,
-    })?;
+    let mut object: R = serde_json::from_slice(&kv.value)
+        .map_err(|source| StoreError::Decode { key: String::from_utf8_lossy(&kv.key).into_owned(), source })?;
     object.metadata_mut().resource_version = kv.mod_revision;
     Ok(object)
 }

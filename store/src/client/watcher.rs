@@ -96,7 +96,11 @@ async fn list_then_watch<R: Resource>(
         };
         if response.canceled {
             if response.compact_revision > 0 {
-                tracing::info!(kind = R::KIND, compact_revision = response.compact_revision, "watch compacted; relisting");
+                tracing::info!(
+                    kind = R::KIND,
+                    compact_revision = response.compact_revision,
+                    "watch compacted; relisting"
+                );
                 return Ok(None);
             }
             return Ok(Some(StoreError::Rpc {

@@ -15,9 +15,8 @@ use crate::proto::{
     range_request::{SortOrder, SortTarget},
     request_op::Request,
     response_op::Response,
-    Compare, DeleteRangeRequest, DeleteRangeResponse, Event, EventType, KeyValue, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest,
-    TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, Event, EventType, KeyValue, PutRequest, PutResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 
 /// etcd's default `--max-txn-ops`.

@@ -113,8 +113,8 @@ impl Backend {
             st.leases.grant(id, ttl, now);
         }
         for ((rev, sub), bytes) in versions {
-            let event = Event::decode(bytes.as_slice())
-                .map_err(|_| BackendError::Corrupt { path: self.path.clone(), rev })?;
+            let event =
+                Event::decode(bytes.as_slice()).map_err(|_| BackendError::Corrupt { path: self.path.clone(), rev })?;
             let kv = event.kv.unwrap_or_default();
             let key = kv.key.clone();
             let live = (event.r#type == EventType::Put as i32).then_some(kv);
@@ -206,7 +206,14 @@ mod tests {
         let now = Instant::now();
         let (b, st, id) = Backend::open(dir.path(), now).unwrap();
         assert_eq!(st.mvcc.current(), 1);
-        let kv = KeyValue { key: b"k".to_vec(), value: b"v".to_vec(), mod_revision: 2, create_revision: 2, version: 1, lease: 9 };
+        let kv = KeyValue {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            mod_revision: 2,
+            create_revision: 2,
+            version: 1,
+            lease: 9,
+        };
         let event = Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: None };
         let records = [Record::LeaseGrant { id: 9, ttl: 30 }, Record::Version { rev: 2, sub: 0, event }];
         b.commit(&records, 2).unwrap();

@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 use super::apply::{self, fill_txn_headers, txn_writes};
 use super::writer::{Core, WriteOp, WriteOutcome};
 use crate::proto::{
-    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    PutRequest, PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    kv_server::Kv, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 
 pub struct KvService {
@@ -73,10 +73,7 @@ impl Kv for KvService {
         Ok(Response::new(resp))
     }
 
-    async fn compact(
-        &self,
-        request: Request<CompactionRequest>,
-    ) -> Result<Response<CompactionResponse>, Status> {
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         let written = self.core.write(WriteOp::Compact(request.into_inner().revision)).await?;
         Ok(Response::new(CompactionResponse { header: Some(self.core.header(written.revision)) }))
     }

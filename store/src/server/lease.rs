@@ -14,9 +14,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::writer::{Core, WriteOp, WriteOutcome};
 use crate::proto::{
-    lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest,
-    LeaseKeepAliveResponse, LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest,
-    LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+    lease_server::Lease, LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
 };
 
 pub struct LeaseService {
@@ -25,10 +25,7 @@ pub struct LeaseService {
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
-    async fn lease_grant(
-        &self,
-        request: Request<LeaseGrantRequest>,
-    ) -> Result<Response<LeaseGrantResponse>, Status> {
+    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
         let req = request.into_inner();
         let written = self.core.write(WriteOp::LeaseGrant { id: req.id, ttl: req.ttl }).await?;
         match written.outcome {
@@ -65,11 +62,8 @@ impl Lease for LeaseService {
                 let ttl = core.with_state_mut(|st| st.leases.refresh(req.id, Instant::now()));
                 let revision = core.read().committed;
                 // etcd answers an unknown or expired lease with TTL 0.
-                let resp = LeaseKeepAliveResponse {
-                    header: Some(core.header(revision)),
-                    id: req.id,
-                    ttl: ttl.unwrap_or(0),
-                };
+                let resp =
+                    LeaseKeepAliveResponse { header: Some(core.header(revision)), id: req.id, ttl: ttl.unwrap_or(0) };
                 if out.send(Ok(resp)).await.is_err() {
                     break;
                 }

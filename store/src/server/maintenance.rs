@@ -43,10 +43,7 @@ impl Maintenance for MaintenanceService {
 
 #[tonic::async_trait]
 impl Cluster for MaintenanceService {
-    async fn member_list(
-        &self,
-        _request: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
+    async fn member_list(&self, _request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         let revision = self.core.read().committed;
         let member = Member {
             id: self.core.identity.member_id,

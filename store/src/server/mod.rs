@@ -57,11 +57,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::StreamExt;
 
 pub use backend::{BackendError, FILE_NAME};
+pub use maintenance::VERSION;
 /// The gRPC crate the generated [`crate::proto`] clients are built on, so
 /// tests and tools can name `Channel`, `Status` and `Code` without a
 /// version-matched dependency of their own.
 pub use tonic;
-pub use maintenance::VERSION;
 
 use crate::proto::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
@@ -112,8 +112,10 @@ impl StoreOptions {
     pub fn from_env() -> Result<Self, ServerError> {
         let mut options = StoreOptions::default();
         if let Ok(value) = std::env::var(PROGRESS_NOTIFY_ENV) {
-            options.progress_notify_interval =
-                shoal_crd::parse_duration(&value).ok().filter(|d| !d.is_zero()).ok_or(ServerError::BadInterval { value })?;
+            options.progress_notify_interval = shoal_crd::parse_duration(&value)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or(ServerError::BadInterval { value })?;
         }
         Ok(options)
     }
@@ -148,10 +150,8 @@ impl EmbeddedStore {
     ) -> Result<(), ServerError> {
         let addr = listener.local_addr().map_err(ServerError::Listener)?;
         let _ = self.core.client_url.set(format!("http://{addr}"));
-        let expiry = tokio::spawn(lease::expire_leases(
-            Arc::downgrade(&self.core),
-            self.core.options.lease_check_interval,
-        ));
+        let expiry =
+            tokio::spawn(lease::expire_leases(Arc::downgrade(&self.core), self.core.options.lease_check_interval));
         let incoming = TcpListenerStream::new(listener).map(|conn| {
             conn.inspect(|stream| {
                 let _ = stream.set_nodelay(true);

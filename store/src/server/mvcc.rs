@@ -119,17 +119,12 @@ impl Mvcc {
     }
 
     /// Live key-values in the range at `rev`, in key order.
-    pub fn range<'a>(
-        &'a self,
-        key: &[u8],
-        end: &[u8],
-        rev: i64,
-    ) -> Box<dyn Iterator<Item = &'a KeyValue> + 'a> {
+    pub fn range<'a>(&'a self, key: &[u8], end: &[u8], rev: i64) -> Box<dyn Iterator<Item = &'a KeyValue> + 'a> {
         match key_bounds(key, end) {
             None => Box::new(std::iter::empty()),
-            Some(bounds) => Box::new(
-                self.keys.range::<Vec<u8>, _>(bounds).filter_map(move |(_, h)| visible_in(h, rev)),
-            ),
+            Some(bounds) => {
+                Box::new(self.keys.range::<Vec<u8>, _>(bounds).filter_map(move |(_, h)| visible_in(h, rev)))
+            }
         }
     }
 
@@ -208,14 +203,7 @@ mod tests {
     use super::*;
 
     fn kv(key: &str, value: &str, rev: i64, create: i64, version: i64) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: value.into(),
-            mod_revision: rev,
-            create_revision: create,
-            version,
-            lease: 0,
-        }
+        KeyValue { key: key.into(), value: value.into(), mod_revision: rev, create_revision: create, version, lease: 0 }
     }
 
     fn sample() -> Mvcc {

@@ -33,8 +33,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::mvcc::{in_range, RevEvent};
 use super::writer::{Core, RevisionEvents};
 use crate::proto::{
-    watch_create_request::FilterType, watch_request::RequestUnion, watch_server::Watch, Event,
-    EventType, WatchCreateRequest, WatchRequest, WatchResponse,
+    watch_create_request::FilterType, watch_request::RequestUnion, watch_server::Watch, Event, EventType,
+    WatchCreateRequest, WatchRequest, WatchResponse,
 };
 
 /// Responses buffered per stream before the stream task waits on the client.
@@ -58,10 +58,7 @@ pub struct WatchService {
 impl Watch for WatchService {
     type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
 
-    async fn watch(
-        &self,
-        request: Request<Streaming<WatchRequest>>,
-    ) -> Result<Response<Self::WatchStream>, Status> {
+    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let inbound = request.into_inner();
         let (out, rx) = mpsc::channel(OUT_BUFFER);
         let feed = self.core.feed.subscribe();

@@ -17,8 +17,7 @@ use super::backend::{Backend, Identity, Record};
 use super::leases::{MAX_TTL, MIN_TTL};
 use super::StoreOptions;
 use crate::proto::{
-    DeleteRangeRequest, DeleteRangeResponse, Event, PutRequest, PutResponse, ResponseHeader,
-    TxnRequest, TxnResponse,
+    DeleteRangeRequest, DeleteRangeResponse, Event, PutRequest, PutResponse, ResponseHeader, TxnRequest, TxnResponse,
 };
 
 /// Most requests one commit takes.
@@ -31,10 +30,16 @@ pub enum WriteOp {
     Delete(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(i64),
-    LeaseGrant { id: i64, ttl: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
     /// `expired_only`: the expiry loop's revoke, skipped if a keep-alive
     /// arrived in the meantime.
-    LeaseRevoke { id: i64, expired_only: bool },
+    LeaseRevoke {
+        id: i64,
+        expired_only: bool,
+    },
 }
 
 #[derive(Debug)]
@@ -155,7 +160,8 @@ fn writer_loop(
             if let Err(e) = backend.commit(&records, current) {
                 // The in-memory state is now ahead of the file; refuse every
                 // further write rather than serve what may not survive.
-                let reason = format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
+                let reason =
+                    format!("{e}: {}", std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default());
                 tracing::error!(%reason, "store commit failed; refusing further writes");
                 for p in batch {
                     let _ = p.reply.send(Err(ApplyError::Storage(reason.clone())));
