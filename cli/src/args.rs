@@ -345,6 +345,9 @@ pub struct FileObjectCreateArgs {
     /// Labels (KEY=VALUE).
     #[arg(short = 'l', long = "label")]
     pub labels: Vec<String>,
+    /// Configs only: render the content as a template at task start (`golang`).
+    #[arg(long, value_parser = ["golang"])]
+    pub template_driver: Option<String>,
     /// Name.
     pub name: String,
     /// File with the value, or `-` for standard input.

@@ -38,10 +38,16 @@ impl FileObject for Secret {
 }
 
 /// `shoal config create NAME FILE|-`: prints the new config's ID.
-pub async fn create(store: &Store, name: &str, file: &str, labels: &[String]) -> anyhow::Result<()> {
+pub async fn create(
+    store: &Store,
+    name: &str,
+    file: &str,
+    labels: &[String],
+    template_driver: Option<String>,
+) -> anyhow::Result<()> {
     shoal_crd::names::validate_object_name(name).map_err(|e| anyhow!("{name:?}: {e}"))?;
     let data = read_value::<Config>(file)?;
-    let mut config = Config::new(name, ConfigSpec { data: Base64Data(data), template_driver: None });
+    let mut config = Config::new(name, ConfigSpec { data: Base64Data(data), template_driver });
     config.metadata.labels = parse_labels(labels)?;
     let created = store.create(config).await?;
     println!("{}", full_id(&created.metadata.uid));

@@ -106,7 +106,7 @@ mod file_objects {
 
     pub async fn config(store: &Store, command: Verb) -> anyhow::Result<()> {
         match command {
-            Verb::Create(a) => config::create(store, &a.name, &a.file, &a.labels).await,
+            Verb::Create(a) => config::create(store, &a.name, &a.file, &a.labels, a.template_driver.clone()).await,
             Verb::Inspect { names, output } => config::inspect(store, &names, output).await,
             Verb::Ls { output } => config::ls::<Config>(store, output).await,
             Verb::Rm { names } => config::rm::<Config>(store, &names).await,
@@ -116,6 +116,9 @@ mod file_objects {
 
     pub async fn secret(store: &Store, command: Verb) -> anyhow::Result<()> {
         match command {
+            Verb::Create(a) if a.template_driver.is_some() => {
+                anyhow::bail!("--template-driver applies to configs only")
+            }
             Verb::Create(a) => secret::create(store, &a.name, &a.file, &a.labels).await,
             Verb::Inspect { names, output } => secret::inspect(store, &names, output).await,
             Verb::Ls { output } => config::ls::<Secret>(store, output).await,
