@@ -515,7 +515,7 @@ pub fn count_by_node(rows: &[TaskRow]) -> BTreeMap<String, usize> {
 }
 
 /// SIGKILLs every process whose command line or working directory is under `dir`; their pids.
-fn kill_processes_under(dir: &Path) -> Vec<u32> {
+pub fn kill_processes_under(dir: &Path) -> Vec<u32> {
     let mut killed = Vec::new();
     let needle = format!("{}/", dir.display());
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {

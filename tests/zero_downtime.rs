@@ -1,0 +1,200 @@
+//! The promise of the routing mesh, checked as a user would: a service
+//! published on a port of `shoal up`, HTTP requests in a loop against it,
+//! and a rolling update underneath — not one request may fail.
+//!
+//! Needs root (task network namespaces, nftables), as CI runs.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{free_port, http_get, wait_until};
+
+/// `shoal up` on a throw-away data dir, stopped and cleaned up on drop.
+struct Up {
+    child: Child,
+    dir: tempfile::TempDir,
+    endpoint: String,
+}
+
+impl Up {
+    fn start() -> Up {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Up { child, dir, endpoint: format!("http://127.0.0.1:{port}") }
+    }
+
+    fn shoal(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["--etcd-endpoints", &self.endpoint])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn shoal_ok(&self, args: &[&str]) -> String {
+        let out = self.shoal(args);
+        assert!(out.status.success(), "shoal {args:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+    }
+
+    /// Images of the service's tasks that are desired and observed running.
+    fn running_images(&self, service: &str) -> Vec<String> {
+        let rows: Value = serde_json::from_str(&self.shoal_ok(&["service", "ps", service, "-o", "json"])).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["task"]["spec"]["desiredState"] == "running" && r["observation"]["status"]["state"] == "running"
+            })
+            .map(|r| r["task"]["spec"]["spec"]["image"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.shoal(&["service", "rm", "web"]);
+        // SIGTERM: the agent and the data plane clean up after themselves.
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let stopped = wait_until(Duration::from_secs(15), || matches!(self.child.try_wait(), Ok(Some(_))));
+        if !stopped {
+            let _ = self.child.kill();
+        }
+        support::cluster::kill_processes_under(self.dir.path());
+        cleanup_network(self.dir.path());
+    }
+}
+
+/// Namespaces of tasks left behind if a test failed midway.
+fn cleanup_network(dir: &Path) {
+    let tasks = dir.join("data/agent/tasks");
+    for entry in std::fs::read_dir(tasks).into_iter().flatten().flatten() {
+        let name = format!("shoal-{}", entry.file_name().to_string_lossy());
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+    }
+}
+
+/// Requests in a loop until stopped; counts answers and failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<(Vec<String>, Vec<String>)>,
+}
+
+impl Load {
+    fn start(addr: SocketAddr) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let (mut answers, mut failures) = (Vec::new(), Vec::new());
+            while !flag.load(Ordering::SeqCst) {
+                match http_get(addr) {
+                    Some(body) if body.contains("\"version\"") => answers.push(body),
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            (answers, failures)
+        });
+        Load { stop, handle }
+    }
+
+    fn stop(self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.join().unwrap()
+    }
+}
+
+fn assert_root() {
+    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1);
+    assert_eq!(uid, 0, "this test needs root for task network namespaces and nftables (CI runs as root)");
+}
+
+#[test]
+fn a_rolling_update_under_load_fails_not_one_request() {
+    assert_root();
+    let up = Up::start();
+    assert!(
+        wait_until(Duration::from_secs(20), || up.shoal(&["node", "ls"]).status.success()),
+        "shoal up did not come up:\n{}",
+        up.log()
+    );
+    let published = free_port();
+    up.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "-p",
+        &format!("{published}:80"),
+        "--health-cmd",
+        "shoal demo probe http://127.0.0.1:80/health",
+        "--health-interval",
+        "500ms",
+        "--health-retries",
+        "2",
+        "--update-parallelism",
+        "1",
+        "--update-delay",
+        "500ms",
+        "--update-monitor",
+        "1s",
+        "--update-order",
+        "start-first",
+        "shoal/demo:1.0",
+    ]);
+    let addr = SocketAddr::from(([127, 0, 0, 1], published));
+    let serving = wait_until(Duration::from_secs(60), || {
+        up.running_images("web").len() == 4 && (0..8).all(|_| http_get(addr).is_some_and(|b| b.contains("\"1.0\"")))
+    });
+    assert!(serving, "the service never answered on its published port:\n{}", up.log());
+
+    let load = Load::start(addr);
+    std::thread::sleep(Duration::from_millis(500));
+    up.shoal_ok(&["service", "update", "--detach", "--image", "shoal/demo:2.0", "web"]);
+    let updated = wait_until(Duration::from_secs(90), || {
+        let images = up.running_images("web");
+        images.len() == 4 && images.iter().all(|i| i == "shoal/demo:2.0")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (answers, failures) = load.stop();
+    assert!(updated, "the update did not finish:\n{}", up.shoal_ok(&["service", "ps", "web"]));
+    let old = answers.iter().filter(|b| b.contains("\"1.0\"")).count();
+    let new = answers.iter().filter(|b| b.contains("\"2.0\"")).count();
+    eprintln!(
+        "during the update: {} answers ({old} from 1.0, {new} from 2.0), {} failures",
+        answers.len(),
+        failures.len()
+    );
+    assert!(old > 0 && new > 0, "the load saw both versions");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the update, e.g. {:?}",
+        failures.len(),
+        answers.len() + failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+}
