@@ -106,6 +106,9 @@ pub struct UpArgs {
     /// Run the store and controllers only (agents join separately with `shoal agent`).
     #[arg(long)]
     pub no_agent: bool,
+    /// Development: every file in DIR becomes a secret of the same name (sealed, never logged).
+    #[arg(long, value_name = "DIR")]
+    pub dev_secrets: Option<PathBuf>,
 }
 
 /// Where a server keeps its data and listens.

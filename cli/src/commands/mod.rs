@@ -9,6 +9,7 @@ pub mod cluster_key;
 pub mod config;
 pub mod controller;
 pub mod demo;
+pub mod dev_secrets;
 pub mod events;
 pub mod get;
 pub mod logs;

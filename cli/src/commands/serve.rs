@@ -36,6 +36,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
     let controllers =
         tokio::spawn(super::controller::run_until(client.clone(), controller_args, members_stopped.clone()));
+    if let Some(dir) = &args.dev_secrets {
+        let names = super::dev_secrets::load(&client, dir).await?;
+        tracing::info!(dir = %dir.display(), secrets = ?names, "dev secrets loaded");
+    }
     let agent = if args.no_agent {
         None
     } else {
