@@ -333,7 +333,9 @@ impl<R: Runtime> Worker<R> {
 
     /// The draining handshake: out of every node's backends before the stop signal.
     async fn drain(&self, task: &Task) {
-        use crate::dataplane::drain::{wait_until_drained, Drained, DEFAULT_DRAIN_TIMEOUT};
+        use crate::dataplane::drain::{
+            wait_for_open_connections, wait_until_drained, Drained, DEFAULT_DRAIN_TIMEOUT, DEFAULT_SETTLE_TIMEOUT,
+        };
         let started = tokio::time::Instant::now();
         match wait_until_drained(&self.ctx.store, &task.spec.service_name, &self.id, DEFAULT_DRAIN_TIMEOUT).await {
             Drained::NoEndpoints => {}
@@ -342,6 +344,14 @@ impl<R: Runtime> Worker<R> {
             }
             Drained::TimedOut { lagging } => {
                 tracing::warn!(task = %self.id, ?lagging, timeout = ?DEFAULT_DRAIN_TIMEOUT, "drain wait expired; stopping anyway")
+            }
+        }
+        // Let the connections it already has finish before the signal.
+        for address in self.ctx.runtime.network(&self.id).addresses {
+            let address = address.split('/').next().unwrap_or_default().to_string();
+            let open = wait_for_open_connections(&address, DEFAULT_SETTLE_TIMEOUT).await;
+            if open > 0 {
+                tracing::info!(task = %self.id, open, "connections still open after the settle time; they get the grace period");
             }
         }
     }
