@@ -265,7 +265,25 @@ pub struct Cluster {
 impl Cluster {
     /// A store of `backend`, a controller, and one agent per entry of
     /// `labels` (each `k=v,k=v` or empty), all nodes ready.
+    ///
+    /// Setting up the test network occasionally leaves one agent's
+    /// namespace unable to reach the store relay (seen about once in 100
+    /// cluster starts; the cause is in this harness's veth/relay setup and
+    /// still open). Such a start is reported on stderr with its state dump,
+    /// torn down and made once more from scratch; a second failure panics.
+    /// Nothing a test asserts runs before this point.
     pub fn start(backend: Backend, labels: &[&str]) -> Self {
+        match Self::try_start(backend, labels) {
+            Ok(cluster) => cluster,
+            Err(dump) => {
+                eprintln!("cluster start failed (nodes not ready in 20s); starting a fresh cluster once more:\n{dump}");
+                Self::try_start(backend, labels)
+                    .unwrap_or_else(|dump| panic!("timed out waiting for every node ready (twice)\n{dump}"))
+            }
+        }
+    }
+
+    fn try_start(backend: Backend, labels: &[&str]) -> Result<Self, String> {
         let store = StoreUnderTest::of(backend);
         let network = shoal_agent::sys::is_root().then(|| Network::create(&store));
         let dir = tempfile::Builder::new().prefix("shoal-cluster-").tempdir().expect("creating a temp dir");
@@ -274,11 +292,18 @@ impl Cluster {
         for l in labels {
             cluster.add_agent(l);
         }
-        cluster.wait_until(Duration::from_secs(20), "every node ready", |c| {
+        let ready = |c: &Cluster| {
             c.nodes().iter().filter(|n| n.status.as_ref().is_some_and(|s| s.state == NodeState::Ready)).count()
                 == labels.len()
-        });
-        cluster
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready(&cluster) {
+            if Instant::now() > deadline {
+                return Err(cluster.dump());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(cluster)
     }
 
     pub fn backend(&self) -> Backend {
