@@ -30,6 +30,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::quiet;
 
 use shoal_agent::network::task::{netns_name, veth_name};
 use shoal_crd::{
@@ -358,16 +359,6 @@ impl Drop for NetworkGuard {
         quiet(&["ip", "link", "del", &self.bridge]);
         quiet(&["nft", "delete", "table", "ip", &format!("shoal-agent-{}", self.bridge)]);
     }
-}
-
-/// Runs a command, ignoring its outcome; true when it succeeded.
-fn quiet(argv: &[&str]) -> bool {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn link_exists(name: &str) -> bool {

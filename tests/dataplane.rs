@@ -23,6 +23,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::quiet;
 
 use shoal_agent::dataplane::sync::programmed_key;
 use shoal_agent::network::task::{netns_name, veth_name};
@@ -133,15 +134,6 @@ impl Drop for Agent {
             quiet(&["kill", "-9", &pid]);
         }
     }
-}
-
-fn quiet(argv: &[&str]) -> bool {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// The address this host reaches the world from (its "node address"), else the bridge's.

@@ -13,6 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use support::quiet;
 
 use shoal_crd::{Base64Data, Config, ConfigSpec, SealedSecret, Task, TaskNetwork, TaskObservation, TaskState};
 use support::{connect, etcdctl_ok, http_get, shoal_with_stdin, wait_until, StoreUnderTest};
@@ -80,15 +81,6 @@ impl Drop for Cleanup {
         quiet(&["ip", "link", "del", &self.bridge]);
         quiet(&["nft", "delete", "table", "ip", &format!("shoal-agent-{}", self.bridge)]);
     }
-}
-
-fn quiet(argv: &[&str]) -> bool {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn shoal(store: &StoreUnderTest, args: &[&str], stdin: &[u8]) -> Output {

@@ -22,6 +22,7 @@
 //! store goes with its own Drop. Namespaces a killed run left behind are
 //! deleted by the next cluster that claims the same bridge name.
 
+use super::quiet;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -575,14 +576,4 @@ fn tail_of(text: &str) -> String {
 fn run(argv: &[&str]) {
     let out = Command::new(argv[0]).args(&argv[1..]).output().unwrap_or_else(|e| panic!("{argv:?}: {e}"));
     assert!(out.status.success(), "{argv:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Runs a command, ignoring its outcome; true when it succeeded.
-fn quiet(argv: &[&str]) -> bool {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }

@@ -280,3 +280,14 @@ macro_rules! sync_on_both_backends {
         mod etcd { $( #[test] fn $name() { super::$name(&super::StoreUnderTest::etcd()) } )* }
     };
 }
+
+/// Runs a command, ignoring its outcome; true when it succeeded (cleanup
+/// of namespaces, links and tables that may already be gone).
+pub fn quiet(argv: &[&str]) -> bool {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
