@@ -39,8 +39,12 @@ pub use ruleset::LocalNode;
 /// Which data plane the agent runs (`shoal agent --dataplane`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataPlaneMode {
+    /// IPVS virtual servers over netlink, VIPs on a dummy interface (root; kernels with IPVS).
+    Ipvs,
     /// The `shoal` nftables table and routes between nodes (root).
     Nftables,
+    /// A TCP/UDP proxy in the agent on published ports (non-root development).
+    Userspace,
     /// Nothing is programmed: VIPs and published ports do not answer on this node.
     None,
 }
@@ -77,4 +81,11 @@ pub trait DataPlane: Send + 'static {
 
     /// Removes everything this data plane programmed.
     fn cleanup(&mut self) -> Result<(), DataPlaneError>;
+}
+
+/// The kernel data plane for a root agent when none is asked for: IPVS
+/// when this kernel has it, else nftables.
+pub fn detect_kernel_mode() -> DataPlaneMode {
+    // IPVS detection lands with the IPVS data plane; until then nftables.
+    DataPlaneMode::Nftables
 }

@@ -54,6 +54,10 @@ pub fn start_for(store: &Store, config: &crate::config::AgentConfig) -> Option<D
             tracing::info!(node = %config.name, "no data plane (--dataplane none): service VIPs and published ports do not answer on this node");
             None
         }
+        DataPlaneMode::Ipvs | DataPlaneMode::Userspace => {
+            tracing::error!(node = %config.name, mode = ?config.dataplane, "this data plane is not built yet: service VIPs and published ports do not answer on this node");
+            None
+        }
         DataPlaneMode::Nftables => {
             let dataplane = Box::new(NftablesDataPlane::new(DEFAULT_TABLE));
             Some(DataPlaneLoop::start(store.clone(), config.name.clone(), config.task_subnet, dataplane))

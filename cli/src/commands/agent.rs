@@ -55,8 +55,8 @@ pub struct AgentArgs {
     /// Subnet (CIDR) task addresses come from, standing in for the one the controllers assign to the node (status.taskSubnet); wins when both exist.
     #[arg(long)]
     pub task_subnet: Option<Ipv4Net>,
-    /// How service VIPs and published ports are programmed: `nftables` (the `shoal` table; needs root) or `none`. Default: nftables as root, else none (a userspace proxy for non-root agents is not built yet).
-    #[arg(long, value_parser = ["nftables", "none"])]
+    /// How service VIPs and published ports are programmed: `ipvs` (needs root and a kernel with IPVS), `nftables` (the `shoal` table; needs root), `userspace` (a proxy in the agent for published ports; any user) or `none`. Default: ipvs when the kernel has it, else nftables as root; userspace otherwise.
+    #[arg(long, value_parser = ["ipvs", "nftables", "userspace", "none"])]
     pub dataplane: Option<String>,
 }
 
@@ -123,15 +123,7 @@ pub(crate) fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         None if shoal_agent::sys::is_root() => NetworkMode::Namespace,
         None => NetworkMode::Host,
     };
-    let dataplane = match args.dataplane.as_deref() {
-        Some("none") => DataPlaneMode::None,
-        Some(_) if !shoal_agent::sys::is_root() => {
-            anyhow::bail!("--dataplane nftables needs root; run as root or use --dataplane none")
-        }
-        Some(_) => DataPlaneMode::Nftables,
-        None if shoal_agent::sys::is_root() => DataPlaneMode::Nftables,
-        None => DataPlaneMode::None,
-    };
+    let dataplane = dataplane_mode(args.dataplane.as_deref())?;
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => default_data_dir()?.join("agents").join(&name),
@@ -150,6 +142,22 @@ pub(crate) fn config(args: AgentArgs) -> anyhow::Result<AgentConfig> {
         bridge: args.bridge,
         task_subnet: args.task_subnet,
         dataplane,
+    })
+}
+
+/// `--dataplane` as given (kernel modes need root), else the best this node has.
+fn dataplane_mode(flag: Option<&str>) -> anyhow::Result<DataPlaneMode> {
+    let root = shoal_agent::sys::is_root();
+    Ok(match flag {
+        Some("none") => DataPlaneMode::None,
+        Some("userspace") => DataPlaneMode::Userspace,
+        Some(kernel) if !root => {
+            anyhow::bail!("--dataplane {kernel} needs root; run as root or use --dataplane userspace")
+        }
+        Some("ipvs") => DataPlaneMode::Ipvs,
+        Some(_) => DataPlaneMode::Nftables,
+        None if !root => DataPlaneMode::Userspace,
+        None => shoal_agent::dataplane::detect_kernel_mode(),
     })
 }
 
