@@ -139,10 +139,12 @@ fn get(addr: SocketAddr) -> Result<String, String> {
     let started = std::time::Instant::now();
     let mut stream =
         std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| format!("connect: {e}"))?;
+    let port = stream.local_addr().map(|a| a.port()).unwrap_or(0);
+    let at = || format!("port {port}, {:?} after connect, at {:?}", started.elapsed(), std::time::SystemTime::now());
     stream.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| format!("timeout: {e}"))?;
-    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    stream.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| format!("write ({}): {e}", at()))?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).map_err(|e| format!("read after {:?}: {e}", started.elapsed()))?;
+    stream.read_to_string(&mut response).map_err(|e| format!("read ({}): {e}", at()))?;
     response
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_string())

@@ -251,6 +251,8 @@ pub enum DemoCommand {
     Serve(crate::commands::demo::DemoArgs),
     /// GET an http:// URL: exit 0 on 2xx, 1 otherwise (a healthcheck needing no host tools).
     Probe(crate::commands::demo::ProbeArgs),
+    /// Send HTTP GETs with N at a time until stopped; print requests, failures and answers per version as JSON.
+    Load(crate::commands::demo_load::LoadArgs),
 }
 
 /// `shoal service create`.

@@ -261,6 +261,8 @@ pub struct Cluster {
     controller: Option<Child>,
     agents: Vec<Agent>,
     network: Option<Network>,
+    /// The agents' `--network`: `host` (tasks share their agent's namespace) or `namespace`.
+    task_network: &'static str,
 }
 
 impl Cluster {
@@ -274,21 +276,33 @@ impl Cluster {
     /// torn down and made once more from scratch; a second failure panics.
     /// Nothing a test asserts runs before this point.
     pub fn start(backend: Backend, labels: &[&str]) -> Self {
-        match Self::try_start(backend, labels) {
+        Self::start_with(backend, labels, "host")
+    }
+
+    /// [`Cluster::start`] with the routing mesh as users get it (root
+    /// only): every task in a namespace of its own on its agent's bridge,
+    /// and each agent's data plane and routes to the other nodes' tasks.
+    pub fn start_mesh(backend: Backend, labels: &[&str]) -> Self {
+        assert!(shoal_agent::sys::is_root(), "the mesh cluster needs root (CI runs as root)");
+        Self::start_with(backend, labels, "namespace")
+    }
+
+    fn start_with(backend: Backend, labels: &[&str], task_network: &'static str) -> Self {
+        match Self::try_start(backend, labels, task_network) {
             Ok(cluster) => cluster,
             Err(dump) => {
                 eprintln!("cluster start failed (nodes not ready in 20s); starting a fresh cluster once more:\n{dump}");
-                Self::try_start(backend, labels)
+                Self::try_start(backend, labels, task_network)
                     .unwrap_or_else(|dump| panic!("timed out waiting for every node ready (twice)\n{dump}"))
             }
         }
     }
 
-    fn try_start(backend: Backend, labels: &[&str]) -> Result<Self, String> {
+    fn try_start(backend: Backend, labels: &[&str], task_network: &'static str) -> Result<Self, String> {
         let store = StoreUnderTest::of(backend);
         let network = shoal_agent::sys::is_root().then(|| Network::create(&store));
         let dir = tempfile::Builder::new().prefix("shoal-cluster-").tempdir().expect("creating a temp dir");
-        let mut cluster = Cluster { store, dir, controller: None, agents: Vec::new(), network };
+        let mut cluster = Cluster { store, dir, controller: None, agents: Vec::new(), network, task_network };
         cluster.start_controller();
         for l in labels {
             cluster.add_agent(l);
@@ -375,7 +389,7 @@ impl Cluster {
         };
         command
             .args(["--etcd-endpoints", &endpoint, "agent", "--name", &agent.name])
-            .args(["--advertise-addr", &agent.advertise.to_string(), "--network", "host"])
+            .args(["--advertise-addr", &agent.advertise.to_string(), "--network", self.task_network])
             .args(["--heartbeat-ttl", &HEARTBEAT_TTL.as_secs().to_string()])
             .arg("--data-dir")
             .arg(agent.dir.join("data"));
@@ -396,6 +410,19 @@ impl Cluster {
 
     pub fn agent_name(&self, index: usize) -> &str {
         &self.agents[index].name
+    }
+
+    /// The address agent `index` advertises (its namespace's, as root).
+    pub fn agent_address(&self, index: usize) -> Ipv4Addr {
+        self.agents[index].advertise
+    }
+
+    /// A namespace on the cluster's network with no agent in it — a client
+    /// outside the cluster, as root; its name and address.
+    pub fn add_client(&mut self) -> (String, Ipv4Addr) {
+        let network = self.network.as_mut().expect("client namespaces need root");
+        let index = 200 + network.namespaces.len();
+        network.add_namespace(index)
     }
 
     /// SIGKILL agent `index`: no shutdown, no lease revoke; its tasks keep running.
@@ -527,6 +554,12 @@ impl Drop for Cluster {
         let deadline = Instant::now() + Duration::from_secs(3);
         while killed.iter().any(|p| alive(*p)) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // Tasks' own namespaces (`--network namespace`) are named after the task.
+        for agent in &self.agents {
+            for task in std::fs::read_dir(agent.dir.join("data/tasks")).into_iter().flatten().flatten() {
+                quiet(&["ip", "netns", "del", &format!("shoal-{}", task.file_name().to_string_lossy())]);
+            }
         }
     }
 }

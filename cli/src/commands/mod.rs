@@ -9,6 +9,7 @@ pub mod cluster_key;
 pub mod config;
 pub mod controller;
 pub mod demo;
+pub mod demo_load;
 pub mod dev_secrets;
 pub mod events;
 pub mod get;
@@ -83,6 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo(crate::args::DemoCommand::Probe(args)) => {
             tokio::task::spawn_blocking(move || demo::probe(args)).await?
         }
+        Command::Demo(crate::args::DemoCommand::Load(args)) => demo_load::run(args).await,
         Command::Bench(crate::args::BenchCommand::Store(args)) => bench::store(args).await,
         Command::Bench(crate::args::BenchCommand::Schedule(args)) => bench_schedule::run(flags, args).await,
         Command::Bench(crate::args::BenchCommand::Update(args)) => bench_update::run(args).await,

@@ -1,0 +1,158 @@
+//! The routing mesh's proof, as the issue states it: three nodes (each a
+//! real `shoal agent` in a network namespace of its own, every task in a
+//! namespace of its own on its node's bridge), a 6-replica demo service
+//! with a published port on the two `role=app` nodes, and a client in its
+//! own namespace sending HTTP requests without pause — 8 at a time on
+//! fresh connections and 4 on keep-alive ones — to the published port of
+//! the third node, which runs none of the tasks. Meanwhile the service goes
+//! through a rolling update, a rollback, a scale 6→3→6 and a node drain.
+//!
+//! Expected: not one failed request. The loads are `shoal demo load`
+//! processes (see its module for what counts as a failure and the one
+//! retry a keep-alive client makes); the test prints their summaries:
+//! requests, failures, answers per version.
+//!
+//! Root only (fails, never skips, otherwise), as CI runs.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::cluster::Cluster;
+use support::Backend;
+
+const SERVICE: &str = "web";
+const PUBLISHED: u16 = 8080;
+/// Time for each step of the scenario to converge.
+const STEP: Duration = Duration::from_secs(90);
+
+/// A `shoal demo load` process in the client's namespace.
+struct Load {
+    child: Child,
+}
+
+impl Load {
+    fn start(client: &str, url: &str, extra: &[&str]) -> Load {
+        let child = Command::new("ip")
+            .args(["netns", "exec", client, env!("CARGO_BIN_EXE_shoal"), "demo", "load", url])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting shoal demo load");
+        Load { child }
+    }
+
+    /// SIGTERM, then its JSON summary.
+    fn stop(self) -> Value {
+        support::quiet(&["kill", &self.child.id().to_string()]);
+        let out = self.child.wait_with_output().expect("waiting for shoal demo load");
+        assert!(out.status.success(), "shoal demo load failed: {}", out.status);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("demo load summary: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+    }
+}
+
+/// Backends the Endpoints of `service` lists (ready tasks), from `service inspect`.
+fn backends(cluster: &Cluster, service: &str) -> usize {
+    let inspected: Value = serde_json::from_str(&cluster.shoal_ok(&["service", "inspect", service])).unwrap();
+    inspected[0]["endpoint"]["backends"].as_array().map_or(0, Vec::len)
+}
+
+/// Waits until exactly `replicas` tasks run `image`, on `nodes` only, and all are backends.
+fn converged(cluster: &Cluster, what: &str, replicas: usize, image: &str, nodes: &[&str]) {
+    let took = cluster.wait_until(STEP, what, |c| {
+        let running = c.running(SERVICE);
+        running.len() == replicas
+            && running.iter().all(|t| t.task.spec.spec.image == image && nodes.contains(&t.node().unwrap_or("")))
+            && backends(c, SERVICE) == replicas
+    });
+    eprintln!("{what}: {took:.1?}");
+}
+
+#[test]
+fn no_request_fails_through_an_update_a_rollback_a_scale_and_a_drain() {
+    let mut cluster = Cluster::start_mesh(Backend::Embedded, &["role=app", "role=app", "role=edge"]);
+    let (app1, app2) = (cluster.agent_name(0).to_string(), cluster.agent_name(1).to_string());
+    let (client, _) = cluster.add_client();
+    let url = format!("http://{}:{PUBLISHED}/", cluster.agent_address(2));
+
+    cluster.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        SERVICE,
+        "--replicas",
+        "6",
+        "--constraint",
+        "node.labels.role==app",
+        "-p",
+        &format!("{PUBLISHED}:80"),
+        "--health-cmd",
+        "shoal demo probe http://127.0.0.1:80/health",
+        "--health-interval",
+        "500ms",
+        "--health-retries",
+        "2",
+        "--update-parallelism",
+        "2",
+        "--update-delay",
+        "500ms",
+        "--update-monitor",
+        "1s",
+        "--update-order",
+        "start-first",
+        "--rollback-parallelism",
+        "2",
+        "--rollback-monitor",
+        "1s",
+        "shoal/demo:1.0",
+    ]);
+    converged(&cluster, "6 tasks of 1.0", 6, "shoal/demo:1.0", &[&app1, &app2]);
+    let reachable = cluster.wait_until(Duration::from_secs(20), "the edge node's published port", |_| {
+        support::quiet(&["ip", "netns", "exec", &client, env!("CARGO_BIN_EXE_shoal"), "demo", "probe", &url])
+    });
+    eprintln!("published port answering on the edge node: {reachable:.1?}");
+
+    let fresh = Load::start(&client, &url, &["--concurrency", "8"]);
+    let keepalive = Load::start(&client, &url, &["--concurrency", "4", "--keepalive"]);
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.shoal_ok(&["service", "update", "--detach", "--image", "shoal/demo:2.0", SERVICE]);
+    converged(&cluster, "rolling update to 2.0", 6, "shoal/demo:2.0", &[&app1, &app2]);
+    cluster.shoal_ok(&["service", "rollback", "--detach", SERVICE]);
+    converged(&cluster, "rollback to 1.0", 6, "shoal/demo:1.0", &[&app1, &app2]);
+    cluster.shoal_ok(&["service", "scale", &format!("{SERVICE}=3")]);
+    converged(&cluster, "scale to 3", 3, "shoal/demo:1.0", &[&app1, &app2]);
+    cluster.shoal_ok(&["service", "scale", &format!("{SERVICE}=6")]);
+    converged(&cluster, "scale to 6", 6, "shoal/demo:1.0", &[&app1, &app2]);
+    cluster.shoal_ok(&["node", "update", "--availability", "drain", &app2]);
+    converged(&cluster, "drain of node-2", 6, "shoal/demo:1.0", &[&app1]);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let summaries = [fresh.stop(), keepalive.stop()];
+    let mut total = 0;
+    for summary in &summaries {
+        eprintln!(
+            "keepalive={} requests={} failures={} retries={} versions={} p99={}ms errors={}",
+            summary["keepalive"],
+            summary["requests"],
+            summary["failures"],
+            summary["retries"],
+            summary["versions"],
+            summary["latencyMs"]["p99"],
+            summary["errors"]
+        );
+        total += summary["requests"].as_u64().unwrap();
+    }
+    for summary in &summaries {
+        assert_eq!(summary["failures"], 0, "failed requests through the mesh: {summary:#}\n{}", cluster.dump());
+        assert!(
+            summary["versions"]["1.0"].as_u64() > Some(0) && summary["versions"]["2.0"].as_u64() > Some(0),
+            "the load saw both versions: {summary:#}"
+        );
+    }
+    assert!(total >= 20_000, "only {total} requests were sent (the issue asks for at least 20,000)");
+}
