@@ -7,58 +7,14 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+use std::process::Output;
 
 use serde_json::Value;
-use support::{etcdctl_ok, shoal_with_stdin, wait_until, StoreUnderTest};
+use support::secrets::{failure, ok, Controller};
+use support::{etcdctl_ok, shoal_with_stdin, StoreUnderTest};
 
 fn shoal(store: &StoreUnderTest, args: &[&str]) -> Output {
     shoal_with_stdin(store, args, b"")
-}
-
-fn ok(output: Output) -> String {
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "shoal failed:\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
-fn failure(output: Output) -> String {
-    assert!(!output.status.success(), "shoal should have failed: {}", String::from_utf8_lossy(&output.stdout));
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// `shoal controller` with its own key file: it publishes the cluster's
-/// public key, which `secret create` needs. Killed on drop.
-struct Controller(Child);
-
-impl Controller {
-    fn start(store: &StoreUnderTest, key_file: &Path) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["--etcd-endpoints", &store.endpoint(), "controller", "--encryption-key-file"])
-            .arg(key_file)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start shoal controller");
-        let published = wait_until(Duration::from_secs(20), || {
-            etcdctl_ok(&store.endpoint(), &["get", "/shoal/keys/secrets", "--print-value-only"]).contains("keyId")
-        });
-        assert!(published, "the controller did not publish the cluster key");
-        Controller(child)
-    }
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 fn configs_follow_the_chapter(store: &StoreUnderTest) {
@@ -199,10 +155,95 @@ fn stack_secrets_from_files_are_sealed_and_versioned(store: &StoreUnderTest) {
     assert!(!ok(shoal(store, &["secret", "ls"])).contains("app_db"));
 }
 
+/// Every stored secret, read raw: name → (key id its data key is wrapped to, generation).
+fn wraps(store: &StoreUnderTest) -> std::collections::BTreeMap<String, (String, i64)> {
+    let raw = etcdctl_ok(&store.endpoint(), &["get", "--prefix", "/shoal/secrets/", "--print-value-only"]);
+    raw.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let secret: Value = serde_json::from_str(line).unwrap();
+            let key_id = secret["spec"]["sealed"]["dataKey"]["keyId"].as_str().unwrap().to_string();
+            let generation = secret["metadata"]["generation"].as_i64().unwrap();
+            (secret["metadata"]["name"].as_str().unwrap().to_string(), (key_id, generation))
+        })
+        .collect()
+}
+
+fn key_ids_in(file: &Path) -> Vec<String> {
+    let file: Value = serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    file["keys"].as_array().unwrap().iter().map(|k| k["keyId"].as_str().unwrap().to_string()).collect()
+}
+
+fn published_key_id(store: &StoreUnderTest) -> String {
+    let raw = etcdctl_ok(&store.endpoint(), &["get", "/shoal/keys/secrets", "--print-value-only"]);
+    serde_json::from_str::<Value>(raw.trim()).unwrap()["keyId"].as_str().unwrap().to_string()
+}
+
+fn the_cluster_key_rotates_without_new_versions_and_an_interrupted_rotation_finishes_on_rerun(store: &StoreUnderTest) {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("secrets.key");
+    let _controller = Controller::start(store, &key_file);
+    let values = ["first-Secret-value", "second-Secret-value", "third-Secret-value"];
+    for (name, value) in ["a", "b", "c"].iter().zip(values) {
+        ok(shoal_with_stdin(store, &["secret", "create", name, "-"], value.as_bytes()));
+    }
+    ok(shoal(store, &["service", "create", "--name", "web", "--replicas", "2", "--secret", "a", "x"]));
+    let old = key_ids_in(&key_file);
+    assert_eq!(old.len(), 1);
+    let before = wraps(store);
+    assert!(before.values().all(|(key, generation)| key == &old[0] && *generation == 1), "{before:?}");
+    let rotate = |extra: &[&str]| {
+        let mut args = vec!["cluster-key", "rotate", "--encryption-key-file", key_file.to_str().unwrap()];
+        args.extend(extra);
+        shoal(store, &args)
+    };
+
+    // Interrupted after one secret: both keys in the file, the new one published.
+    let stopped = rotate(&["--stop-after", "1"]);
+    let stopped_out = String::from_utf8_lossy(&stopped.stdout).into_owned();
+    assert!(failure(stopped).contains("run the command again to finish"));
+    assert!(stopped_out.contains("[1/3] secret "), "{stopped_out}");
+    let keys = key_ids_in(&key_file);
+    assert_eq!(keys.len(), 2, "the old key stays, decrypt-only, until the rotation finishes");
+    let new = keys[0].clone();
+    assert_eq!(keys[1], old[0]);
+    assert_eq!(published_key_id(store), new, "new values are sealed to the new key at once");
+    let halfway = wraps(store);
+    assert_eq!(halfway.values().filter(|(key, _)| key == &new).count(), 1, "{halfway:?}");
+    // Meanwhile a new secret is sealed to the new key.
+    ok(shoal_with_stdin(store, &["secret", "create", "d", "-"], b"fourth-Secret-value"));
+
+    // Run again: it resumes (no third key), re-wraps the rest, retires the old key.
+    let finished = ok(rotate(&[]));
+    assert!(finished.contains(&format!("Resuming the unfinished rotation to key {new}")), "{finished}");
+    assert!(finished.contains(&format!("Retired key {}", old[0])), "{finished}");
+    assert!(finished.contains("2 secrets re-wrapped, 2 already on it"), "{finished}");
+    assert_eq!(key_ids_in(&key_file), std::slice::from_ref(&new), "the old key is gone from the file");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let after = wraps(store);
+    assert_eq!(after.len(), 4);
+    assert!(after.values().all(|(key, generation)| key == &new && *generation == 1), "no new version: {after:?}");
+    let service: Value = serde_json::from_str(&ok(shoal(store, &["service", "inspect", "web"]))).unwrap();
+    assert_eq!(service[0]["metadata"]["generation"], 1, "the service did not change");
+
+    // Nothing secret in the store, the output or the key file's neighbourhood.
+    let raw = etcdctl_ok(&store.endpoint(), &["get", "--prefix", "/shoal"]);
+    for value in values.iter().chain(&["fourth-Secret-value"]) {
+        assert!(!raw.contains(value) && !finished.contains(value) && !stopped_out.contains(value));
+    }
+    assert!(!raw.contains("privateKey") && !finished.contains("privateKey"));
+
+    // A new version after the rotation is sealed to the new key, as v2.
+    assert_eq!(ok(shoal_with_stdin(store, &["secret", "rotate", "a", "-"], b"new-a")).trim(), "a v2");
+    assert_eq!(wraps(store)["a"], (new, 2));
+}
+
 sync_on_both_backends!(
     configs_follow_the_chapter,
     empty_and_oversized_values_are_refused,
     secrets_need_the_cluster_key_first,
     secrets_are_stored_only_encrypted,
     stack_secrets_from_files_are_sealed_and_versioned,
+    the_cluster_key_rotates_without_new_versions_and_an_interrupted_rotation_finishes_on_rerun,
 );

@@ -193,7 +193,12 @@ fn demo_task(id: &str) -> Task {
 fn fixture_endpoints(backends: &[(String, Ipv4Addr)]) -> Endpoints {
     let backends = backends
         .iter()
-        .map(|(task, address)| Backend { task: task.clone(), node: NODE.into(), address: address.to_string() })
+        .map(|(task, address)| Backend {
+            task: task.clone(),
+            node: NODE.into(),
+            address: address.to_string(),
+            ports: Default::default(),
+        })
         .collect();
     let port = EndpointPort {
         protocol: PortProtocol::Tcp,
@@ -375,7 +380,12 @@ fn a_thousand_services_program_at_once_and_one_backend_change_touches_one_servic
             publish_mode: PublishMode::Ingress,
         };
         let backends = (0..backends)
-            .map(|b| Backend { task: format!("s{i}-{b}"), node: "elsewhere".into(), address: ip(i * 16 + b + 2) })
+            .map(|b| Backend {
+                task: format!("s{i}-{b}"),
+                node: "elsewhere".into(),
+                address: ip(i * 16 + b + 2),
+                ports: Default::default(),
+            })
             .collect();
         let vip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 97, 0, 0)) + i).to_string();
         Arc::new(Endpoints::new(

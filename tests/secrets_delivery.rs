@@ -317,6 +317,67 @@ fn environ(pid: u32) -> Vec<String> {
     bytes.split(|b| *b == 0).map(|e| String::from_utf8_lossy(e).into_owned()).collect()
 }
 
+/// A controller with its key file and one agent that gives each task its
+/// own network namespace (bridge `shTAG<pid>`, tasks in `subnet`); processes
+/// killed, then their leftovers cleaned up, on drop.
+struct OneNode {
+    node: String,
+    controller: Process,
+    agent: Process,
+    key_file: PathBuf,
+    data: PathBuf,
+    _cleanup: Cleanup,
+}
+
+impl OneNode {
+    fn start(store: &StoreUnderTest, dir: &Path, tag: &str, subnet: &str) -> Self {
+        let endpoint = store.endpoint();
+        let pid = std::process::id();
+        let node = format!("{tag}-{pid}");
+        let bridge = format!("sh{tag}{}", pid % 100_000);
+        let data = dir.join("node");
+        let cleanup = Cleanup { data_dirs: vec![data.clone()], bridge: bridge.clone() };
+        let key_file = dir.join("secrets.key");
+        let controller = Process::spawn(
+            &["--etcd-endpoints", &endpoint, "controller", "--encryption-key-file", key_file.to_str().unwrap()],
+            dir.join("controller.log"),
+        );
+        let agent = Process::spawn(
+            &[
+                "agent",
+                "--name",
+                &node,
+                "--advertise-addr",
+                "127.0.0.1",
+                "--heartbeat-ttl",
+                "3",
+                "--dataplane",
+                "none",
+                "--etcd-endpoints",
+                &endpoint,
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--network",
+                "namespace",
+                "--bridge",
+                &bridge,
+                "--task-subnet",
+                subnet,
+            ],
+            dir.join("agent.log"),
+        );
+        let published = wait_until(Duration::from_secs(20), || {
+            etcdctl_ok(&endpoint, &["get", "/shoal/keys/secrets", "--print-value-only"]).contains("keyId")
+        });
+        assert!(published, "the controller did not publish the cluster key");
+        OneNode { node, controller, agent, key_file, data, _cleanup: cleanup }
+    }
+
+    fn logs(&self) -> [&Process; 2] {
+        [&self.controller, &self.agent]
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_secret_rolls_every_replica_onto_the_new_value_and_env_vars_carry_values_outside_launch_json() {
     assert!(shoal_agent::sys::is_root(), "this test needs root (CI runs as root)");
@@ -324,45 +385,8 @@ async fn a_rotated_secret_rolls_every_replica_onto_the_new_value_and_env_vars_ca
     let store = StoreUnderTest::embedded();
     let dir = tempfile::tempdir().unwrap();
     let endpoint = store.endpoint();
-    let pid = std::process::id();
-    let node = format!("sr-{pid}");
-    let bridge = format!("shsr{}", pid % 100_000);
-    let data = dir.path().join("node");
-    let _cleanup = Cleanup { data_dirs: vec![data.clone()], bridge: bridge.clone() };
-    let key_file = dir.path().join("secrets.key");
-    let controller = Process::spawn(
-        &["--etcd-endpoints", &endpoint, "controller", "--encryption-key-file", key_file.to_str().unwrap()],
-        dir.path().join("controller.log"),
-    );
-    let agent = Process::spawn(
-        &[
-            "agent",
-            "--name",
-            &node,
-            "--advertise-addr",
-            "127.0.0.1",
-            "--heartbeat-ttl",
-            "3",
-            "--dataplane",
-            "none",
-            "--etcd-endpoints",
-            &endpoint,
-            "--data-dir",
-            data.to_str().unwrap(),
-            "--network",
-            "namespace",
-            "--bridge",
-            &bridge,
-            "--task-subnet",
-            "10.201.42.0/24",
-        ],
-        dir.path().join("agent.log"),
-    );
-    let logs = [&controller, &agent];
-    let published = wait_until(Duration::from_secs(20), || {
-        etcdctl_ok(&endpoint, &["get", "/shoal/keys/secrets", "--print-value-only"]).contains("keyId")
-    });
-    assert!(published, "the controller did not publish the cluster key");
+    let cluster = OneNode::start(&store, dir.path(), "sr", "10.201.42.0/24");
+    let (data, logs) = (&cluster.data, cluster.logs());
 
     shoal(&store, &["secret", "create", "db-password", "-"], v1.as_bytes());
     shoal(&store, &["config", "create", "app", "-"], b"mode=fast");
@@ -450,5 +474,80 @@ async fn a_rotated_secret_rolls_every_replica_onto_the_new_value_and_env_vars_ca
     for value in [v1, v2, v3] {
         assert!(!everything.contains(value), "a secret is in the store in plaintext");
         assert!(logs.iter().all(|p| !p.log().contains(value)), "a log holds a secret");
+    }
+}
+
+/// Names of the tasks desired running.
+async fn running_task_names(client: &shoal_store::client::Store) -> Vec<String> {
+    let (tasks, _) = client.list::<Task>().await.unwrap();
+    let mut names: Vec<String> =
+        tasks.into_iter().filter(|t| t.spec.desired_state == TaskState::Running).map(|t| t.metadata.name).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_key_rotation_restarts_no_task_and_a_new_task_still_gets_the_secret() {
+    assert!(shoal_agent::sys::is_root(), "this test needs root (CI runs as root)");
+    let value = "key-rotation-proof-value";
+    let store = StoreUnderTest::embedded();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = OneNode::start(&store, dir.path(), "kr", "10.201.43.0/24");
+    let logs = cluster.logs();
+    shoal(&store, &["secret", "create", "db-password", "-"], value.as_bytes());
+    let create = "service create --name web --replicas 2 --secret db-password \
+        -e DEMO_SECRET_FILE=/run/secrets/db-password -e DEMO_LISTEN=0.0.0.0:80 shoal/demo:1.0";
+    shoal(&store, &create.split_whitespace().collect::<Vec<_>>(), b"");
+    let client = connect(&store).await;
+    let mut pids = eventually(Duration::from_secs(60), "2 tasks seeing the secret", &logs, async || {
+        every_task_sees(&client, 2, value).await
+    })
+    .await;
+    pids.sort();
+    let tasks = running_task_names(&client).await;
+
+    let key_file = cluster.key_file.to_str().unwrap();
+    let rotated = shoal(&store, &["cluster-key", "rotate", "--encryption-key-file", key_file], b"");
+    let out = String::from_utf8_lossy(&rotated.stdout).into_owned();
+    assert!(out.contains("1 secret re-wrapped") && out.contains("Retired key"), "{out}");
+    let file: serde_json::Value = serde_json::from_slice(&std::fs::read(&cluster.key_file).unwrap()).unwrap();
+    let new = file["keys"][0]["keyId"].as_str().unwrap().to_string();
+    assert_eq!(file["keys"].as_array().unwrap().len(), 1, "the old key is retired");
+    let raw = etcdctl_ok(&store.endpoint(), &["get", "/shoal/secrets/db-password", "--print-value-only"]);
+    let stored: serde_json::Value = serde_json::from_str(raw.trim()).unwrap();
+    assert_eq!(stored["spec"]["sealed"]["dataKey"]["keyId"], new.as_str());
+    assert_eq!(stored["metadata"]["generation"], 1);
+
+    // The controllers see the re-wrapped secret (and would roll now, were it a new version).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut still = every_task_sees(&client, 2, value).await.expect("the same 2 tasks still run and see the secret");
+    still.sort();
+    assert_eq!(still, pids, "no task restarted");
+    assert_eq!(running_task_names(&client).await, tasks, "no task replaced");
+
+    // A task started after the rotation gets the secret: sealed to its node from the new wrap.
+    shoal(&store, &["service", "scale", "web=3"], b"");
+    let after = eventually(Duration::from_secs(60), "3 tasks seeing the secret", &logs, async || {
+        every_task_sees(&client, 3, value).await
+    })
+    .await;
+    assert!(pids.iter().all(|p| after.contains(p)), "the first two tasks kept running");
+
+    // The node's copy above was made before the rotation; one made after it
+    // must be re-wrapped from the new key, which the controller read from the
+    // changed key file.
+    shoal(&store, &["service", "scale", "web=0"], b"");
+    let copy = format!("/shoal/sealedsecrets/{}", SealedSecret::name_for("db-password", &cluster.node));
+    eventually(Duration::from_secs(30), "the node's copy to be deleted", &logs, async || {
+        etcdctl_ok(&store.endpoint(), &["get", &copy, "--keys-only"]).trim().is_empty().then_some(())
+    })
+    .await;
+    shoal(&store, &["service", "scale", "web=1"], b"");
+    eventually(Duration::from_secs(60), "a task started after the rotation to see the secret", &logs, async || {
+        every_task_sees(&client, 1, value).await
+    })
+    .await;
+    for process in logs {
+        assert!(!process.log().contains(value), "a log holds the secret: {}", process.log.display());
     }
 }

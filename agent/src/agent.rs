@@ -8,7 +8,8 @@
 //! With namespace networking the bridge comes up as soon as the task subnet
 //! is known (`--task-subnet`, else the Node's `status.taskSubnet`, looked
 //! for on every resync until it appears); tasks prepared before that use the
-//! host network.
+//! host network. The agent's DNS ([`crate::dns`]) listens on the bridge's
+//! gateway from then on.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -106,6 +107,7 @@ pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output
     );
     heartbeat.wait_established().await;
     let dataplane = crate::dataplane::sync::start_for(&store, &config);
+    let dns = crate::dns::start_for(&store, &config);
 
     let ctx = Arc::new(Context {
         store: store.clone(),
@@ -148,6 +150,9 @@ pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output
         if !bridge_settled {
             bridge_settled = attach_bridge(&store, &config, &ctx.runtime).await;
         }
+        if let (Some(dns), Some(bridge)) = (&dns, ctx.runtime.bridge()) {
+            dns.listen_on(bridge.gateway());
+        }
         workers.sync(mine(&tasks.list()));
         tokio::select! {
             _ = tasks.changed() => {}
@@ -159,6 +164,9 @@ pub async fn run(store: Store, config: AgentConfig, shutdown: impl Future<Output
     workers.abort();
     if let Some(dataplane) = dataplane {
         dataplane.stop().await;
+    }
+    if let Some(dns) = dns {
+        dns.stop().await;
     }
     heartbeat.stop().await;
     if let Some(bridge) = ctx.runtime.bridge() {

@@ -77,6 +77,7 @@ pub fn build(task: &Task, image: ResolvedImage, defaults: &LaunchDefaults) -> Re
         netns: None,
         files: Vec::new(),
         env_from_stdin: Vec::new(),
+        resolv_conf: None,
     })
 }
 

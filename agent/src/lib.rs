@@ -13,7 +13,8 @@
 //! - [`launch`]: env, working dir and user of a task's process.
 //! - [`runtime`]: the runtime trait and the process runtime.
 //! - [`network`]: per-task network namespaces on the node's bridge (root).
-//! - [`dataplane`]: service VIPs and published ports (nftables), routes between nodes.
+//! - [`dataplane`]: service VIPs and published ports (nftables; a userspace proxy without root), routes between nodes.
+//! - [`dns`]: service discovery — the DNS server tasks are pointed at.
 //! - [`shim`]: the per-task supervisor that outlives the agent.
 //! - [`taskdir`]: the per-task files the shim and the agent share.
 //! - [`files`]: configs and secrets: opened with the node's key, mounted into the task.
@@ -25,11 +26,12 @@
 //! `{prefix}/taskobservations/<task id>` and `{prefix}/dataplane/<name>`; it only reads `{prefix}/tasks/`,
 //! configs, secrets and its own `{prefix}/sealedsecrets/<secret>.<node>`.
 //!
-//! Not yet: DNS, the userspace proxy and IPVS data planes.
+//! Not yet: the IPVS data plane.
 
 pub mod agent;
 pub mod config;
 pub mod dataplane;
+pub mod dns;
 pub mod files;
 pub mod health;
 pub mod heartbeat;

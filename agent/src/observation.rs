@@ -62,10 +62,11 @@ impl ObservationWriter {
         self.log_dir = Some(dir.display().to_string());
     }
 
-    /// The task ended and its addresses were freed; the kind of network it
-    /// had stays on the record.
+    /// The task ended and its addresses (and host ports) were freed; the
+    /// kind of network it had stays on the record.
     pub fn release_addresses(&mut self) {
         self.network.addresses.clear();
+        self.network.ports.clear();
     }
 
     /// Sets the health the next writes report.
@@ -99,6 +100,7 @@ impl ObservationWriter {
             pid: report.pid,
             network: self.network.network,
             addresses: self.network.addresses.clone(),
+            ports: self.network.ports.clone(),
             log_dir: self.log_dir.clone(),
         };
         self.put(spec, status).await;

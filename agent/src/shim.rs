@@ -5,7 +5,8 @@
 //! It reads `launch.json` (and, when the task has configs or secrets, their
 //! content from stdin — also the values of variables set from them), enters the task's network namespace if it has
 //! one, gives it a mount namespace with those files
-//! ([`crate::files::mount`]), starts the task in a process group of its own,
+//! ([`crate::files::mount`]) and the agent's DNS in `/etc/resolv.conf`
+//! ([`crate::dns::resolv_conf`]), starts the task in a process group of its own,
 //! records `pid.json`, copies stdout/stderr into rotating log files and, when
 //! the task exits, records `exit.json` and exits itself. It holds no state
 //! that the files do not: an agent re-attaches by reading them.
@@ -86,6 +87,12 @@ pub fn run(dir: PathBuf) -> Result<(), ShimError> {
             return task
                 .write_exit(&failure(format!("cannot mount the task's configs and secrets: {err}")))
                 .map_err(record);
+        }
+    }
+    if let Some(resolv_conf) = &launch.resolv_conf {
+        // Not fatal: without it the task still runs, resolving as the host does.
+        if let Err(err) = crate::dns::resolv_conf::mount_over_etc(resolv_conf, launch.files.is_empty()) {
+            eprintln!("shim: the task keeps the host's resolv.conf (service names will not resolve): {err}");
         }
     }
     let env = crate::launch::process_env(&launch);

@@ -51,6 +51,10 @@ pub struct Launch {
     /// files' contents, never here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env_from_stdin: Vec<String>,
+    /// A file the shim bind-mounts over `/etc/resolv.conf` in the task's own
+    /// mount namespace (root, own network namespace): the agent's DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Launch {

@@ -201,6 +201,7 @@ impl<R: Runtime> Worker<R> {
             self.ctx.catalog.resolve(&task.spec.spec).map_err(|e| (TaskState::Rejected, e.to_string())).and_then(
                 |image| launch::build(task, image, &self.ctx.launch).map_err(|e| (TaskState::Rejected, e.to_string())),
             );
+        let launch = launch.and_then(|launch| self.with_host_ports(task, launch));
         let result = match launch {
             Ok(launch) => match self.deliver_files(task, launch).await {
                 Ok((launch, contents)) => self
@@ -220,6 +221,16 @@ impl<R: Runtime> Worker<R> {
             Err(failure) => failure,
         };
         self.report(task, Report { state, message, ..Default::default() }).await;
+    }
+
+    /// On the host network the task gets a host port per target port of
+    /// its service, in its environment (see [`crate::network::ports`]).
+    fn with_host_ports(&self, task: &Task, mut launch: Launch) -> Result<Launch, (TaskState, String)> {
+        let targets = crate::network::ports::targets(&task.spec.spec);
+        let mappings =
+            self.ctx.runtime.host_ports(&self.id, &targets).map_err(|e| (TaskState::Failed, e.to_string()))?;
+        launch.env.extend(crate::network::ports::env(&mappings));
+        Ok(launch)
     }
 
     /// Fetches and opens the task's configs and secrets: as root their

@@ -30,6 +30,7 @@ pub struct GlobalFlags {
     pub store: StoreFlags,
 }
 
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run Shoal on this machine: the embedded store and the control plane, in the foreground.
@@ -55,6 +56,9 @@ pub enum Command {
     /// Manage secrets: values stored only encrypted, mounted into tasks.
     #[command(subcommand)]
     Secret(FileObjectCommand),
+    /// The cluster's secret encryption key: `rotate` it (on a controller's machine).
+    #[command(subcommand)]
+    ClusterKey(crate::commands::key_rotation::ClusterKeyCommand),
     /// Show the controllers' decisions, one line each.
     Events {
         /// Keep printing new events.
@@ -165,6 +169,7 @@ pub enum StackCommand {
     },
 }
 
+#[allow(clippy::large_enum_variant)] // parsed once per process; boxing buys nothing
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Create a service.
@@ -243,6 +248,8 @@ pub enum BenchCommand {
     Schedule(crate::commands::bench_schedule::ScheduleBenchArgs),
     /// Rolling update time vs the ideal, and the reaction to a failing health check, with the real controllers and agent.
     Update(crate::commands::bench_update::UpdateBenchArgs),
+    /// Requests/s and p99 through the mesh (nftables, userspace) vs straight to a task, and nftables rule programming times (root).
+    Mesh(crate::commands::bench_mesh::MeshBenchArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -39,9 +39,10 @@ pub struct Settings {
     pub task_history_limit: usize,
     /// Spec revisions kept per service (for rollback).
     pub revision_history_limit: usize,
-    /// The cluster's private keys (`--encryption-key-file`), with which the
-    /// secrets loop re-seals secrets to nodes; empty: that loop idles.
-    pub sealing_keys: Vec<shoal_crd::sealing::PrivateKey>,
+    /// The cluster's private keys (`--encryption-key-file`, re-read when it
+    /// changes), with which the secrets loop re-seals secrets to nodes;
+    /// none: that loop idles.
+    pub sealing_keys: secrets::keys::KeyRing,
     /// Where services' virtual IPs come from.
     pub service_cidr: Ipv4Net,
 }
@@ -54,7 +55,7 @@ impl Settings {
             lease_ttl_secs: 5,
             task_history_limit: service::DEFAULT_HISTORY_LIMIT,
             revision_history_limit: update::revisions::DEFAULT_LIMIT,
-            sealing_keys: Vec::new(),
+            sealing_keys: secrets::keys::KeyRing::none(),
             service_cidr: default_service_cidr(),
         }
     }

@@ -9,6 +9,12 @@
 //! open. Both AEADs take the caller's associated data — the store key of the
 //! object — so a ciphertext copied to another secret fails to open.
 //!
+//! Every wrap names the id of the key it is sealed to ([`WrappedKey::key_id`]),
+//! so the cluster key can be rotated: the [`KeyFile`] then holds the new key
+//! first and the old ones decrypt-only, [`rewrap`] moves each data key to the
+//! new key without touching its ciphertext, and the old keys are retired once
+//! nothing is wrapped to them (`shoal cluster-key rotate`).
+//!
 //! # Guarantees
 //! - The plaintext never appears in a [`SealedValue`]; its [`Fingerprint`] is
 //!   a salted PBKDF2 digest, used only to tell "same value again" on re-deploy.
@@ -241,9 +247,11 @@ fn wrapping_key(shared: &[u8; 32], ephemeral: &XPublic, recipient: &XPublic) -> 
     kek
 }
 
-/// The `--encryption-key-file`: every private key this cluster has used,
-/// the current one (that new values are sealed to) first. Older keys stay
-/// to open values not yet re-wrapped after a rotation.
+/// The `--encryption-key-file`: the cluster's private keys, the current one
+/// (that new values are sealed to) first. Any further keys are decrypt-only:
+/// they are held only while a rotation ([`KeyFile::begin_rotation`]) is
+/// unfinished, to open values not yet re-wrapped to the current key, and
+/// dropped by [`KeyFile::retire_old`] once none is left.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct KeyFile {
@@ -256,30 +264,51 @@ impl KeyFile {
         &self.keys[0]
     }
 
+    /// Whether a rotation is unfinished: the file still holds older keys.
+    pub fn is_rotating(&self) -> bool {
+        self.keys.len() > 1
+    }
+
+    /// Makes a new key current; the others become decrypt-only.
+    pub fn begin_rotation(&mut self) -> &PrivateKey {
+        self.keys.insert(0, PrivateKey::generate());
+        self.current()
+    }
+
+    /// Drops every key but the current one; returns the ids it dropped.
+    pub fn retire_old(&mut self) -> Vec<String> {
+        self.keys.drain(1..).map(|k| k.key_id).collect()
+    }
+
+    /// Reads an existing key file.
+    pub fn load(path: &std::path::Path) -> std::io::Result<KeyFile> {
+        let bytes = std::fs::read(path)?;
+        // The position only: serde's message could quote bytes of a key.
+        let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| {
+            let at = format!("line {}, column {}", e.line(), e.column());
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: not a Shoal key file ({at})", path.display()),
+            )
+        })?;
+        if file.keys.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: holds no key", path.display()),
+            ));
+        }
+        Ok(file)
+    }
+
     /// Reads the key file, creating it (mode 0600, one new key) if absent.
     pub fn load_or_create(path: &std::path::Path) -> std::io::Result<KeyFile> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{}: not a Shoal key file: {e}", path.display()),
-                    )
-                })?;
-                if file.keys.is_empty() {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("{}: holds no key", path.display()),
-                    ));
-                }
-                Ok(file)
-            }
+        match KeyFile::load(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let file = KeyFile { keys: vec![PrivateKey::generate()] };
                 file.save(path)?;
                 Ok(file)
             }
-            Err(e) => Err(e),
+            other => other,
         }
     }
 
@@ -376,5 +405,34 @@ mod tests {
         assert_eq!(read.current().key_id, created.current().key_id);
         assert_eq!(read.current().public(), created.current().public());
         assert!(!format!("{:?}", read.current()).contains("private_key"));
+    }
+
+    #[test]
+    fn a_rotation_rewraps_to_the_new_key_and_old_keys_open_until_retired() {
+        let mut file = KeyFile { keys: vec![PrivateKey::generate()] };
+        let old = file.current().clone();
+        let sealed = seal(&old.public(), AAD, b"kept").unwrap();
+        let new = file.begin_rotation().clone();
+        assert!(file.is_rotating());
+        assert_eq!(open(&file.keys, AAD, &sealed).unwrap(), b"kept", "old keys stay decrypt-only");
+        let rewrapped =
+            SealedValue { data_key: rewrap(&file.keys, AAD, &sealed.data_key, &new.public()).unwrap(), ..sealed };
+        assert_eq!(rewrapped.data_key.key_id, new.key_id);
+        assert_eq!(file.retire_old(), std::slice::from_ref(&old.key_id));
+        assert!(!file.is_rotating());
+        assert_eq!(open(&file.keys, AAD, &rewrapped).unwrap(), b"kept", "the same ciphertext, a new wrap");
+    }
+
+    #[test]
+    fn a_key_file_from_before_rotations_existed_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.key");
+        let key = PrivateKey::generate();
+        let legacy =
+            format!(r#"{{"keys":[{{"keyId":"{}","privateKey":"{}"}}]}}"#, key.key_id, base64(&key.private_key.0));
+        std::fs::write(&path, legacy).unwrap();
+        let file = KeyFile::load(&path).unwrap();
+        assert_eq!(file.current().public(), key.public());
+        assert!(!file.is_rotating());
     }
 }

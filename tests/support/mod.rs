@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod grpc;
+pub mod secrets;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

@@ -9,22 +9,31 @@
 //!   by one atomic `nft -f -` transaction per call, touching only the
 //!   chains and elements of the services that changed.
 //! - [`ruleset`]: the table as data (pure; golden-text tests).
+//! - [`ipvs`]: kube-proxy's IPVS mode: virtual servers over generic
+//!   netlink, VIPs on the dummy interface `shoal-ipvs0`, a small
+//!   masquerade table; used when the kernel has IPVS.
+//! - [`conformance`]: the checks every data plane must pass, against real
+//!   backends in network namespaces (`shoal agent dataplane-conformance`).
 //! - [`routes`]: `ip route` to other nodes' task subnets.
 //! - [`sync`]: the agent's loop: watch Endpoints and Nodes, apply
 //!   (debounced), record the programmed revision.
+//! - [`userspace`]: for agents that are not root: the agent proxies every
+//!   published port itself (TCP and UDP, round-robin); no VIPs.
 //! - [`fake`]: a recording data plane for tests of the sync logic.
 //!
-//! Not yet: IPVS (the kernel here has none), the userspace proxy for
-//! non-root agents (`--dataplane none` until then), DNS, and the stopping
+//! Not yet: DNS, and the stopping
 //! task's wait on other nodes' programmed revisions (the draining
 //! handshake; [`sync::programmed_key`] is what it will read).
 
+pub mod conformance;
 pub mod drain;
 pub mod fake;
+pub mod ipvs;
 pub mod nftables;
 pub mod routes;
 pub mod ruleset;
 pub mod sync;
+pub mod userspace;
 
 use std::sync::Arc;
 
@@ -33,8 +42,10 @@ use shoal_crd::{Endpoints, Node};
 
 use crate::network::NetworkError;
 
+pub use ipvs::IpvsDataPlane;
 pub use nftables::NftablesDataPlane;
 pub use ruleset::LocalNode;
+pub use userspace::UserspaceDataPlane;
 
 /// Which data plane the agent runs (`shoal agent --dataplane`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +69,8 @@ pub enum DataPlaneError {
     Route(#[source] NetworkError),
     #[error("cannot enable route_localnet (needed for 127.0.0.1:<published>): {0}")]
     Sysctl(#[source] std::io::Error),
+    #[error("cannot program IPVS: {0}")]
+    Ipvs(#[source] ipvs::IpvsError),
 }
 
 /// The cluster as this node sees it: itself, its task subnet, every Node.
@@ -85,7 +98,21 @@ pub trait DataPlane: Send + 'static {
 
 /// The kernel data plane for a root agent when none is asked for: IPVS
 /// when this kernel has it, else nftables.
+///
+/// "Has it" means `/proc/net/ip_vs` exists, after a `modprobe ip_vs` when it
+/// did not (the module is not loaded until something asks for it).
 pub fn detect_kernel_mode() -> DataPlaneMode {
-    // IPVS detection lands with the IPVS data plane; until then nftables.
-    DataPlaneMode::Nftables
+    let loaded = || std::path::Path::new("/proc/net/ip_vs").exists();
+    if !loaded() {
+        let _ = std::process::Command::new("modprobe")
+            .arg("ip_vs")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    if loaded() {
+        DataPlaneMode::Ipvs
+    } else {
+        DataPlaneMode::Nftables
+    }
 }

@@ -20,7 +20,8 @@
 //!   `numgen random mod N vmap { 0 : goto ep-…, … }` (`reject` when it has none:
 //!   a refused connection, not a hang);
 //! - per backend: `ep-<service>-<proto>-<target>-<address>` marks hairpin
-//!   and same-node traffic for masquerade and DNATs to `address:target`;
+//!   and same-node traffic for masquerade and DNATs to `address:target`
+//!   (a host-network task: `…-<address>-<host port>`, DNAT to `address:host port`);
 //! - per published port: `np-<service>-<proto>-<published>` marks for
 //!   masquerade and goes to the service chain (ingress), or to this node's
 //!   own backends only (host mode; absent on nodes running none).
@@ -35,7 +36,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use shoal_crd::{EndpointMode, Endpoints, PortProtocol, PublishMode};
+use shoal_crd::{Backend, EndpointMode, Endpoints, PortProtocol, PublishMode};
 
 /// The packet mark asking `postrouting` to masquerade (a bit kube-proxy's 0x4000 does not use).
 pub const MASQ_MARK: &str = "0x00100000";
@@ -113,11 +114,11 @@ impl Ruleset {
     fn add_service(&mut self, endpoints: &Endpoints, local: &LocalNode) {
         let spec = &endpoints.spec;
         let service = ident(if spec.service.is_empty() { &endpoints.metadata.name } else { &spec.service });
-        let backends: Vec<(Ipv4Addr, &str)> = spec
+        let backends: Vec<(Ipv4Addr, &Backend)> = spec
             .backends
             .iter()
             .filter_map(|b| match b.address.parse::<Ipv4Addr>() {
-                Ok(addr) => Some((addr, b.node.as_str())),
+                Ok(addr) => Some((addr, b)),
                 Err(_) => {
                     tracing::warn!(service = %spec.service, task = %b.task, address = %b.address, "backend address is not IPv4: left out of the data plane");
                     None
@@ -138,15 +139,20 @@ impl Ruleset {
             let base = format!("{service}-{proto}-{}", port.target);
             let endpoint_chains: Vec<(String, bool)> = backends
                 .iter()
-                .map(|(addr, node)| {
-                    let name = format!("ep-{base}-{addr}");
+                .map(|(addr, backend)| {
+                    // Host-network tasks share their node's address: told apart by their host port.
+                    let to = backend.port(port.target);
+                    let name = match to == port.target {
+                        true => format!("ep-{base}-{addr}"),
+                        false => format!("ep-{base}-{addr}-{to}"),
+                    };
                     let mut rules = vec![format!("ip saddr {addr} jump mark-for-masquerade")];
                     if let Some(subnet) = local.subnet.filter(|s| s.contains(addr)) {
                         rules = vec![format!("ip saddr {subnet} jump mark-for-masquerade")];
                     }
-                    rules.push(format!("meta l4proto {proto} dnat to {addr}:{}", port.target));
+                    rules.push(format!("meta l4proto {proto} dnat to {addr}:{to}"));
                     self.chains.insert(name.clone(), Chain { hook: None, rules });
-                    (name, *node == local.name)
+                    (name, backend.node == local.name)
                 })
                 .collect();
             let all: Vec<&str> = endpoint_chains.iter().map(|(n, _)| n.as_str()).collect();

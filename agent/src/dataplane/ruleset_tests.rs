@@ -20,6 +20,7 @@ fn service(name: &str, vip: Option<&str>, ports: Vec<EndpointPort>, backends: &[
             task: format!("{name}-{i}"),
             node: node.to_string(),
             address: address.to_string(),
+            ports: Default::default(),
         })
         .collect();
     let spec = EndpointsSpec { service: name.into(), vip: vip.map(Into::into), ports, backends, ..Default::default() };
@@ -157,4 +158,14 @@ fn dnsrr_services_get_no_vip_and_odd_names_are_hashed() {
     let names: Vec<&String> = set.chains.keys().filter(|n| n.starts_with("ep-")).collect();
     assert_eq!(names.len(), 1, "the non-IPv4 backend is left out: {names:?}");
     assert!(names[0].starts_with("ep-h") && !names[0].contains("my.svc"), "{names:?}");
+}
+
+#[test]
+fn host_network_tasks_on_one_node_are_told_apart_by_their_host_ports() {
+    let mut e = (*web(&[("n2", "192.0.2.2"), ("n2", "192.0.2.2")])).clone();
+    e.spec.backends[0].ports = [(80, 41000)].into();
+    e.spec.backends[1].ports = [(80, 41001)].into();
+    let set = Ruleset::desired(&[Arc::new(e)], &local());
+    assert_eq!(set.chains["ep-web-tcp-80-192.0.2.2-41000"].rules[1], "meta l4proto tcp dnat to 192.0.2.2:41000");
+    assert_eq!(set.chains["ep-web-tcp-80-192.0.2.2-41001"].rules[1], "meta l4proto tcp dnat to 192.0.2.2:41001");
 }

@@ -54,9 +54,16 @@ pub fn start_for(store: &Store, config: &crate::config::AgentConfig) -> Option<D
             tracing::info!(node = %config.name, "no data plane (--dataplane none): service VIPs and published ports do not answer on this node");
             None
         }
-        DataPlaneMode::Ipvs | DataPlaneMode::Userspace => {
-            tracing::error!(node = %config.name, mode = ?config.dataplane, "this data plane is not built yet: service VIPs and published ports do not answer on this node");
-            None
+        DataPlaneMode::Ipvs => {
+            tracing::info!(node = %config.name, "IPVS data plane: virtual servers over netlink, VIPs on shoal-ipvs0");
+            let dataplane = Box::new(super::IpvsDataPlane::new());
+            Some(DataPlaneLoop::start(store.clone(), config.name.clone(), config.task_subnet, dataplane))
+        }
+        DataPlaneMode::Userspace => {
+            let listen = super::userspace::listen_addresses(&config.advertise_addr);
+            tracing::info!(node = %config.name, ?listen, "userspace data plane: published ports are proxied by the agent (no service VIPs)");
+            let dataplane = Box::new(super::UserspaceDataPlane::new(tokio::runtime::Handle::current(), listen));
+            Some(DataPlaneLoop::start(store.clone(), config.name.clone(), config.task_subnet, dataplane))
         }
         DataPlaneMode::Nftables => {
             let dataplane = Box::new(NftablesDataPlane::new(DEFAULT_TABLE));
@@ -238,7 +245,12 @@ mod tests {
     fn endpoints(service: &str, version: i64, addresses: &[&str]) -> Arc<Endpoints> {
         let backends = addresses
             .iter()
-            .map(|a| Backend { task: format!("t-{a}"), node: "n1".into(), address: a.to_string() })
+            .map(|a| Backend {
+                task: format!("t-{a}"),
+                node: "n1".into(),
+                address: a.to_string(),
+                ports: Default::default(),
+            })
             .collect();
         let mut e = Endpoints::new(service, EndpointsSpec { service: service.into(), backends, ..Default::default() });
         e.metadata.resource_version = version;

@@ -10,6 +10,8 @@
 //!   on the bridge, `eth0` inside), address (the lowest free one of the
 //!   subnet, recorded in the task's `network.json` so a re-adopted task keeps
 //!   it) and default route via the bridge.
+//! - [`ports`]: on the host network instead, a free host port per target
+//!   port of the task's service (`SHOAL_PORT_<target>`, `PORT`).
 //!
 //! The subnet is the Node's `status.taskSubnet` (allocated by the
 //! controllers' node loop) or, standing in until one is assigned or for an
@@ -35,6 +37,7 @@
 //!   task holds an address any more: running tasks outlive the agent.
 
 pub mod bridge;
+pub mod ports;
 pub mod task;
 
 use std::io::Write;

@@ -144,6 +144,7 @@ mod tests {
             netns: None,
             files: Vec::new(),
             env_from_stdin: Vec::new(),
+            resolv_conf: None,
         }
     }
 

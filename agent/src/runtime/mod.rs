@@ -10,9 +10,10 @@ pub mod process;
 use std::future::Future;
 use std::time::Duration;
 
-use shoal_crd::TaskNetwork;
+use shoal_crd::{PortMapping, TaskNetwork};
 
 use crate::files::Content;
+use crate::network::ports::PortTarget;
 use crate::network::NetworkError;
 use crate::taskdir::{ExitRecord, Launch, PidRecord};
 
@@ -91,6 +92,8 @@ pub struct NetworkInfo {
     pub network: TaskNetwork,
     /// CIDR addresses (`10.200.3.5/24`); empty on the host network.
     pub addresses: Vec<String>,
+    /// On the host network: the host port given for each target port.
+    pub ports: Vec<PortMapping>,
 }
 
 /// Makes tasks' processes exist. Every method is idempotent and keyed by
@@ -122,6 +125,10 @@ pub trait Runtime: Send + Sync + 'static {
     fn list(&self) -> Result<Vec<String>, RuntimeError>;
     /// The task's network (the host's when nothing else was set up).
     fn network(&self, id: &str) -> NetworkInfo;
+    /// Before `prepare`: when the task will share the host's network, a
+    /// free host port for each of `targets` (kept for it until `release`,
+    /// the same ones when asked again); empty when it gets a network of its own.
+    fn host_ports(&self, id: &str, targets: &[PortTarget]) -> Result<Vec<PortMapping>, RuntimeError>;
     /// Runs `argv` in the running task's context — its network namespace,
     /// environment, working directory and user — as a health probe does;
     /// killed (an `ExecTimeout`) after `timeout`.

@@ -18,11 +18,12 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use shoal_crd::TaskNetwork;
+use shoal_crd::{PortMapping, TaskNetwork};
 use tokio::time::{sleep, timeout, Instant};
 
 use super::{exec, ExecOutput, Inspection, NetworkInfo, Runtime, RuntimeError, Started};
 use crate::files::{encode_payload, Content};
+use crate::network::ports::{self, PortTarget, PortsRecord};
 use crate::network::{task::lowest_free, Bridge, NetworkError, NetworkRecord};
 use crate::sys;
 use crate::taskdir::{self, ExitRecord, Launch, PidRecord, TaskDir};
@@ -147,6 +148,20 @@ impl Runtime for ProcessRuntime {
         let mut launch = launch.clone();
         if let Some(bridge) = self.bridge.get() {
             launch.netns = Some(self.allocate(id, &dir, bridge)?.netns_path());
+            // Its DNS is the agent's, on the bridge's gateway (see `crate::dns`),
+            // unless the service mounts a resolv.conf of its own (that one wins, as in Docker).
+            let own = launch.files.iter().any(|f| f.path == std::path::Path::new(crate::dns::resolv_conf::TARGET));
+            if !own {
+                launch.resolv_conf =
+                    Some(crate::dns::resolv_conf::write_for_task(dir.path(), bridge.gateway()).map_err(prepare)?);
+            }
+            // The bridge came up after `host_ports`: the task listens on its target ports after all.
+            if let Some(record) = PortsRecord::load(&dir).map_err(prepare)? {
+                for name in ports::env(&record.ports).keys() {
+                    launch.env.remove(name);
+                }
+                PortsRecord::remove(&dir).map_err(prepare)?;
+            }
         }
         if launch.payload_len() > 0 {
             self.payloads.lock().unwrap_or_else(|p| p.into_inner()).insert(id.to_string(), encode_payload(&contents));
@@ -244,7 +259,7 @@ impl Runtime for ProcessRuntime {
             record.unplumb().map_err(|source| network_error(id, source))?;
             dir.remove_network().map_err(remove)?;
         }
-        Ok(())
+        PortsRecord::remove(&dir).map_err(remove)
     }
 
     fn remove(&self, id: &str) -> Result<(), RuntimeError> {
@@ -259,11 +274,38 @@ impl Runtime for ProcessRuntime {
 
     fn network(&self, id: &str) -> NetworkInfo {
         match self.dir(id).read_network() {
-            Ok(Some(record)) => {
-                NetworkInfo { network: TaskNetwork::Namespace, addresses: vec![record.address.to_string()] }
-            }
-            _ => NetworkInfo::default(),
+            Ok(Some(record)) => NetworkInfo {
+                network: TaskNetwork::Namespace,
+                addresses: vec![record.address.to_string()],
+                ports: Vec::new(),
+            },
+            _ => NetworkInfo {
+                ports: PortsRecord::load(&self.dir(id)).ok().flatten().map(|r| r.ports).unwrap_or_default(),
+                ..NetworkInfo::default()
+            },
         }
+    }
+
+    fn host_ports(&self, id: &str, targets: &[PortTarget]) -> Result<Vec<PortMapping>, RuntimeError> {
+        if self.bridge.get().is_some() || targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let dir = self.dir(id);
+        let prepare = |source| RuntimeError::Prepare { id: id.into(), source };
+        let _guard = self.allocating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(record) = PortsRecord::load(&dir).map_err(prepare)?.filter(|r| r.covers(targets)) {
+            return Ok(record.ports);
+        }
+        let mut taken = Vec::new();
+        for other in self.list()?.iter().filter(|other| *other != id) {
+            if let Some(record) = PortsRecord::load(&self.dir(other)).map_err(prepare)? {
+                taken.extend(record.ports.iter().map(|m| m.host));
+            }
+        }
+        let ports = ports::allocate(targets, &taken).map_err(prepare)?;
+        dir.create().map_err(prepare)?;
+        PortsRecord { ports: ports.clone() }.save(&dir).map_err(prepare)?;
+        Ok(ports)
     }
 
     async fn exec(&self, id: &str, argv: &[String], limit: Duration) -> Result<ExecOutput, RuntimeError> {
@@ -274,9 +316,10 @@ impl Runtime for ProcessRuntime {
             .read_launch()
             .map_err(failed)?
             .ok_or_else(|| failed(std::io::Error::other("the task has no launch record")))?;
-        // A task with configs or secrets has a mount namespace of its own: probes join it.
+        // A task with configs, secrets or a resolv.conf has a mount namespace of its own: probes join it.
+        let own_mounts = !launch.files.is_empty() || launch.resolv_conf.is_some();
         let mnt = match self.dir(id).read_pid() {
-            Ok(Some(pid)) if !launch.files.is_empty() => Some(PathBuf::from(format!("/proc/{}/ns/mnt", pid.pid))),
+            Ok(Some(pid)) if own_mounts => Some(PathBuf::from(format!("/proc/{}/ns/mnt", pid.pid))),
             _ => None,
         };
         match exec::run(&launch, mnt, argv, limit).await.map_err(failed)? {
@@ -331,6 +374,7 @@ mod tests {
             netns: None,
             files: Vec::new(),
             env_from_stdin: Vec::new(),
+            resolv_conf: None,
         }
     }
 
@@ -350,6 +394,8 @@ mod tests {
         assert_eq!(runtime.network("a").network, TaskNetwork::Namespace);
         let netns = runtime.dir("a").read_launch().unwrap().unwrap().netns;
         assert_eq!(netns, Some(PathBuf::from("/run/netns/shoal-a")), "the shim is told which namespace to enter");
+        let resolv_conf = runtime.dir("a").read_launch().unwrap().unwrap().resolv_conf.expect("a resolv.conf");
+        assert!(std::fs::read_to_string(resolv_conf).unwrap().contains("nameserver 10.200.3.1\n"), "the agent's DNS");
 
         // Preparing again (an agent restart) keeps the address.
         runtime.prepare("b", &launch(data.path()), vec![]).unwrap();
@@ -367,7 +413,24 @@ mod tests {
         let data = tempfile::tempdir().unwrap();
         let runtime = ProcessRuntime::new(data.path().into(), vec![]);
         runtime.prepare("a", &launch(data.path()), vec![]).unwrap();
-        assert_eq!(runtime.network("a"), NetworkInfo { network: TaskNetwork::Host, addresses: vec![] });
-        assert_eq!(runtime.dir("a").read_launch().unwrap().unwrap().netns, None);
+        assert_eq!(runtime.network("a"), NetworkInfo { network: TaskNetwork::Host, ..Default::default() });
+        let launch = runtime.dir("a").read_launch().unwrap().unwrap();
+        assert_eq!((launch.netns, launch.resolv_conf), (None, None));
+    }
+
+    #[test]
+    fn host_network_tasks_get_distinct_host_ports_kept_until_released() {
+        let data = tempfile::tempdir().unwrap();
+        let runtime = ProcessRuntime::new(data.path().into(), vec![]);
+        let web = [PortTarget { target: 80, tcp: true, udp: false }];
+        let (a, b) = (runtime.host_ports("a", &web).unwrap(), runtime.host_ports("b", &web).unwrap());
+        assert_eq!((a[0].target, b[0].target), (80, 80));
+        assert_ne!(a[0].host, b[0].host, "two replicas on one node cannot share a port");
+        assert_eq!(runtime.host_ports("a", &web).unwrap(), a, "asked again (an agent restart): the same");
+        runtime.prepare("a", &launch(data.path()), vec![]).unwrap();
+        assert_eq!(runtime.network("a").ports, a, "reported with the task's network");
+        runtime.release("a").unwrap();
+        assert_eq!(runtime.network("a"), NetworkInfo::default());
+        assert_eq!(runtime.host_ports("c", &[]).unwrap(), [], "no ports, nothing mapped");
     }
 }

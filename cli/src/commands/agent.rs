@@ -69,12 +69,27 @@ pub enum AgentCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Program a kernel data plane from an Endpoints file and exit (tests, debugging).
+    #[command(hide = true)]
+    DataplaneApply(super::dataplane_apply::ApplyArgs),
+    /// Run the data-plane conformance suite in this network namespace.
+    #[command(hide = true)]
+    DataplaneConformance(super::dataplane_apply::ConformanceArgs),
 }
 
 /// Runs the shim, or connects to the store and runs the agent.
 pub async fn main(flags: &StoreFlags, args: AgentArgs) -> anyhow::Result<()> {
-    if let Some(AgentCommand::Shim { dir }) = args.command {
-        return tokio::task::spawn_blocking(move || shoal_agent::shim::run(dir)).await?.map_err(Into::into);
+    match args.command {
+        Some(AgentCommand::Shim { dir }) => {
+            return tokio::task::spawn_blocking(move || shoal_agent::shim::run(dir)).await?.map_err(Into::into);
+        }
+        Some(AgentCommand::DataplaneApply(args)) => {
+            return tokio::task::spawn_blocking(move || super::dataplane_apply::apply(args)).await?;
+        }
+        Some(AgentCommand::DataplaneConformance(args)) => {
+            return tokio::task::spawn_blocking(move || super::dataplane_apply::conformance(args)).await?;
+        }
+        None => {}
     }
     run(super::connect(flags).await?, args).await
 }

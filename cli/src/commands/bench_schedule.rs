@@ -430,6 +430,7 @@ async fn measure(backend: &'static str, client: &Store, sizes: Sizes, timeout: D
     })
 }
 
+#[allow(clippy::large_enum_variant)] // short-lived watch events, moved once each
 enum Seen {
     Task(WatchEvent<Task>),
     Observation(WatchEvent<TaskObservation>),

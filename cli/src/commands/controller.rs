@@ -4,6 +4,7 @@
 use shoal_controllers::endpoints::allocate::{default_service_cidr, parse_service_cidr, Ipv4Net};
 use shoal_controllers::manager::{run_with, Settings};
 use shoal_controllers::runtime::events::EventSink;
+use shoal_controllers::secrets::keys::KeyRing;
 use shoal_store::client::compactor::run_compactor;
 use shoal_store::client::Store;
 
@@ -53,13 +54,13 @@ pub async fn run_until(store: Store, args: ControllerArgs, shutdown: impl std::f
         lease_ttl_secs: args.lease_ttl,
         task_history_limit: args.task_history_limit,
         revision_history_limit: args.revision_history_limit,
-        sealing_keys: Vec::new(),
+        sealing_keys: Default::default(),
         service_cidr: args.service_cidr,
     };
     match super::cluster_key::default_key_file(None).map(|default| args.encryption_key_file.unwrap_or(default)) {
         Ok(path) => match super::cluster_key::load_and_publish(&store, &path).await {
             // The secrets loop re-seals secrets to the nodes that need them.
-            Ok(file) => settings.sealing_keys = file.keys,
+            Ok(file) => settings.sealing_keys = KeyRing::from_file(path, file.keys),
             Err(err) => {
                 tracing::error!(error = %format!("{err:#}"), "secrets cannot be created until the encryption key is published")
             }

@@ -5,7 +5,8 @@
 //! environment variables, so a service spec can set them): start slowly,
 //! turn unhealthy, crash, refuse to start, read a secret file. Rolling
 //! updates, health checks and rollbacks are shown and tested with it as a
-//! real process.
+//! real process. `/resolve?name=N` and `/fetch?url=U` show service
+//! discovery and the routing mesh from inside a task.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -70,8 +71,23 @@ pub struct ProbeArgs {
 /// healthcheck as `["CMD", "shoal", "demo", "probe", "http://127.0.0.1/health"]`.
 /// A plain `TcpStream`: the probe needs no HTTP client dependency.
 pub fn probe(args: ProbeArgs) -> anyhow::Result<()> {
-    let (host, port, path) = parse_http_url(&args.url)?;
-    let deadline = Instant::now() + args.timeout;
+    let response = http_get(&args.url, args.timeout)?;
+    let status_line = response.lines().next().unwrap_or_default();
+    let code = status_line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok());
+    println!("{status_line}");
+    match code {
+        Some(200..=299) => Ok(()),
+        Some(code) => bail!("{} answered {code}", args.url),
+        None => bail!("{} gave no HTTP answer", args.url),
+    }
+}
+
+/// The whole HTTP/1.0 response (at most 64 KiB) to `GET url`; the host is
+/// resolved by libc, as any program in the task would.
+fn http_get(url: &str, timeout: Duration) -> anyhow::Result<String> {
+    let (host, port, path) = parse_http_url(url)?;
+    let port = if is_loopback(&host) { on_host_port(SocketAddr::from(([0, 0, 0, 0], port))).port() } else { port };
+    let deadline = Instant::now() + timeout;
     let left = || deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()).context("timed out");
     let addr = (host.as_str(), port)
         .to_socket_addrs()
@@ -85,15 +101,20 @@ pub fn probe(args: ProbeArgs) -> anyhow::Result<()> {
     stream.set_read_timeout(Some(left()?))?;
     let mut response = Vec::new();
     stream.take(64 * 1024).read_to_end(&mut response).context("reading the answer")?;
-    let response = String::from_utf8_lossy(&response);
-    let status_line = response.lines().next().unwrap_or_default();
-    let code = status_line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok());
-    println!("{status_line}");
-    match code {
-        Some(200..=299) => Ok(()),
-        Some(code) => bail!("{} answered {code}", args.url),
-        None => bail!("{} gave no HTTP answer", args.url),
-    }
+    Ok(String::from_utf8_lossy(&response).into_owned())
+}
+
+/// `addr` with the host port the agent gave the task for its port, if any:
+/// on the host network a task's target ports are mapped to free host ports,
+/// `SHOAL_PORT_<target>=<host>` (see the agent's `network::ports`).
+fn on_host_port(addr: SocketAddr) -> SocketAddr {
+    let mapped = std::env::var(format!("SHOAL_PORT_{}", addr.port())).ok().and_then(|p| p.parse().ok());
+    SocketAddr::new(addr.ip(), mapped.unwrap_or(addr.port()))
+}
+
+/// The task itself: a probe of `127.0.0.1:80` means its own port 80.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `http://host[:port][/path]` → (host, port, path).
@@ -153,14 +174,18 @@ pub async fn serve(args: DemoArgs) -> anyhow::Result<()> {
         secret_bytes,
         requests: AtomicU64::new(0),
     });
-    let app = Router::new().route("/", get(whoami)).route("/health", get(health)).with_state(demo.clone());
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let app = Router::new()
+        .route("/", get(whoami))
+        .route("/health", get(health))
+        .route("/resolve", get(resolve))
+        .route("/fetch", get(fetch))
+        .with_state(demo.clone());
+    let listen = on_host_port(args.listen);
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     if let Some(file) = &args.addr_file {
         write_addr_file(file, listener.local_addr()?)?;
     }
-    tracing::info!(listen = %args.listen, version = %demo.version, "demo serving");
+    tracing::info!(%listen, version = %demo.version, "demo serving");
     axum::serve(listener, app).with_graceful_shutdown(crate::commands::serve::shutdown_signal()).await?;
     Ok(())
 }
@@ -205,6 +230,63 @@ async fn health(State(demo): State<Arc<Demo>>) -> (StatusCode, &'static str) {
     }
 }
 
+/// `GET /resolve?name=NAME`: the addresses the task's own resolver (libc,
+/// through its /etc/resolv.conf) gives for NAME — service discovery as the
+/// task sees it.
+async fn resolve(uri: axum::http::Uri) -> (StatusCode, Json<Value>) {
+    let Some(name) = query_param(&uri, "name") else {
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": "give ?name=NAME"})));
+    };
+    match tokio::net::lookup_host(format!("{name}:0")).await {
+        Ok(found) => {
+            let mut addresses: Vec<String> = Vec::new();
+            for address in found.map(|a| a.ip().to_string()) {
+                if !addresses.contains(&address) {
+                    addresses.push(address);
+                }
+            }
+            (StatusCode::OK, Json(json!({"name": name, "addresses": addresses})))
+        }
+        Err(err) => (StatusCode::NOT_FOUND, Json(json!({"name": name, "error": err.to_string()}))),
+    }
+}
+
+/// `GET /fetch?url=http://HOST[:PORT]/PATH`: the body this task gets from
+/// that URL (the host resolved by its own resolver) — a task-to-service
+/// connection, as the task makes it; 502 with the error when it fails.
+async fn fetch(uri: axum::http::Uri) -> (StatusCode, String) {
+    let Some(url) = query_param(&uri, "url") else { return (StatusCode::BAD_REQUEST, "give ?url=URL\n".into()) };
+    let got = tokio::task::spawn_blocking(move || http_get(&url, Duration::from_secs(3))).await;
+    match got.map_err(anyhow::Error::from).and_then(|r| r) {
+        Ok(response) => match response.split_once("\r\n\r\n") {
+            Some((_, body)) => (StatusCode::OK, body.to_string()),
+            None => (StatusCode::BAD_GATEWAY, format!("no HTTP answer: {response:?}\n")),
+        },
+        Err(err) => (StatusCode::BAD_GATEWAY, format!("{err:#}\n")),
+    }
+}
+
+/// The percent-decoded value of `key` in the URI's query string.
+fn query_param(uri: &axum::http::Uri, key: &str) -> Option<String> {
+    let value = uri.query()?.split('&').find_map(|pair| pair.split_once('=').filter(|(k, _)| *k == key))?.1;
+    let bytes = value.as_bytes();
+    let (mut out, mut i) = (Vec::with_capacity(bytes.len()), 0);
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+            (b'+', _) => out.push(b' '),
+            (byte, _) => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
 }
@@ -238,6 +320,16 @@ mod tests {
         assert!(sick.to_string().contains("answered 503"), "{sick}");
         let closed = ProbeArgs { url: "http://127.0.0.1:1/".into(), timeout: Duration::from_millis(500) };
         assert!(run(closed).await.unwrap().is_err());
+    }
+
+    #[test]
+    fn query_parameters_are_percent_decoded() {
+        let uri: axum::http::Uri = "/fetch?x=1&url=http%3A%2F%2Fweb%3A80%2F&name=a+b".parse().unwrap();
+        assert_eq!(query_param(&uri, "url").as_deref(), Some("http://web:80/"));
+        assert_eq!(query_param(&uri, "name").as_deref(), Some("a b"));
+        assert_eq!(query_param(&uri, "nothing"), None);
+        let raw: axum::http::Uri = "/fetch?url=http://web:80/".parse().unwrap();
+        assert_eq!(query_param(&raw, "url").as_deref(), Some("http://web:80/"));
     }
 
     #[test]

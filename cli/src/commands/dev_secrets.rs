@@ -12,7 +12,7 @@ use shoal_crd::compose::SecretValue;
 use shoal_crd::Secret;
 use shoal_store::client::{ApplyPlan, Store};
 
-use super::cluster_key::public_key;
+use super::cluster_key::SealingKey;
 use super::secret::sealed;
 
 /// Label marking secrets that came from a dev-secrets folder.
@@ -25,9 +25,9 @@ pub async fn load(store: &Store, dir: &Path) -> anyhow::Result<Vec<String>> {
     let mut plan = ApplyPlan::new();
     for value in &values {
         let current = store.get::<Secret>(&value.name).await?;
-        plan.add(store, current.as_ref(), sealed(store, &key, value, current.as_ref())?);
+        plan.add(store, current.as_ref(), sealed(store, &key.key, value, current.as_ref())?);
     }
-    store.commit(plan, &format!("dev secrets from {}", dir.display())).await?;
+    key.guard(store).commit(plan, &format!("dev secrets from {}", dir.display())).await?;
     Ok(values.into_iter().map(|v| v.name).collect())
 }
 
@@ -52,10 +52,10 @@ fn read_dir(dir: &Path) -> anyhow::Result<Vec<SecretValue>> {
 }
 
 /// The controllers publish the cluster key as they start; wait for it.
-async fn wait_for_public_key(store: &Store) -> anyhow::Result<shoal_crd::sealing::PublicKey> {
+async fn wait_for_public_key(store: &Store) -> anyhow::Result<SealingKey> {
     let mut last = None;
     for _ in 0..100 {
-        match public_key(store).await {
+        match SealingKey::read(store).await {
             Ok(key) => return Ok(key),
             Err(err) => last = Some(err),
         }

@@ -3,16 +3,19 @@
 pub mod agent;
 pub mod apply;
 pub mod bench;
+pub mod bench_mesh;
 pub mod bench_schedule;
 pub mod bench_update;
 pub mod cluster_key;
 pub mod config;
 pub mod controller;
+pub mod dataplane_apply;
 pub mod demo;
 pub mod demo_load;
 pub mod dev_secrets;
 pub mod events;
 pub mod get;
+pub mod key_rotation;
 pub mod logs;
 pub mod node;
 pub mod rotate;
@@ -63,6 +66,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(NodeCommand::Update(args)) => node::update(&connect(flags).await?, &args).await,
         Command::Config(command) => file_objects::config(&connect(flags).await?, command).await,
         Command::Secret(command) => file_objects::secret(&connect(flags).await?, command).await,
+        Command::ClusterKey(command) => key_rotation::run(&connect(flags).await?, command).await,
         Command::Events { watch, output } => events::events(&connect(flags).await?, watch, output).await,
         Command::Service(ServiceCommand::Ls { output }) => service::ls(&connect(flags).await?, output).await,
         Command::Service(ServiceCommand::Inspect { names, output }) => {
@@ -88,6 +92,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(crate::args::BenchCommand::Store(args)) => bench::store(args).await,
         Command::Bench(crate::args::BenchCommand::Schedule(args)) => bench_schedule::run(flags, args).await,
         Command::Bench(crate::args::BenchCommand::Update(args)) => bench_update::run(args).await,
+        Command::Bench(crate::args::BenchCommand::Mesh(args)) => bench_mesh::run(args).await,
     }
 }
 

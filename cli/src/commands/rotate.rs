@@ -11,7 +11,7 @@ use shoal_crd::compose::SecretValue;
 use shoal_crd::{Base64Data, Config, Secret, Service};
 use shoal_store::client::Store;
 
-use super::cluster_key::public_key;
+use super::cluster_key::SealingKey;
 use super::config::{find, read_value, users_of, FileObject};
 
 /// `shoal config rotate NAME FILE|-`.
@@ -24,17 +24,18 @@ pub async fn config(store: &Store, name: &str, file: &str) -> anyhow::Result<()>
     .await
 }
 
-/// `shoal secret rotate NAME FILE|-`: the value sealed as `secret create` does.
+/// `shoal secret rotate NAME FILE|-`: the value sealed as `secret create` does
+/// (and written only while the cluster key is the one it was sealed to).
 pub async fn secret(store: &Store, name: &str, file: &str) -> anyhow::Result<()> {
     let data = read_value::<Secret>(file)?;
-    let key = public_key(store).await?;
-    new_version(store, name, |secret: &mut Secret| {
+    let sealing = SealingKey::read(store).await?;
+    new_version(&sealing.guard(store), name, |secret: &mut Secret| {
         let value = SecretValue {
             name: secret.metadata.name.clone(),
             labels: secret.metadata.labels.clone(),
             data: data.clone(),
         };
-        secret.spec = super::secret::sealed(store, &key, &value, Some(secret))?.spec;
+        secret.spec = super::secret::sealed(store, &sealing.key, &value, Some(secret))?.spec;
         Ok(())
     })
     .await

@@ -6,9 +6,9 @@ use anyhow::anyhow;
 use shoal_crd::compose::SecretValue;
 use shoal_crd::sealing::{seal, PublicKey};
 use shoal_crd::{Secret, SecretSpec};
-use shoal_store::client::Store;
+use shoal_store::client::{Store, StoreError};
 
-use super::cluster_key::public_key;
+use super::cluster_key::SealingKey;
 use super::config::{docker_view, find, full_id, parse_labels, read_value, structured};
 use crate::output::{print_structured, OutputFormat};
 
@@ -16,11 +16,20 @@ use crate::output::{print_structured, OutputFormat};
 pub async fn create(store: &Store, name: &str, file: &str, labels: &[String]) -> anyhow::Result<()> {
     shoal_crd::names::validate_object_name(name).map_err(|e| anyhow!("{name:?}: {e}"))?;
     let data = read_value::<Secret>(file)?;
-    let key = public_key(store).await?;
     let value = SecretValue { name: name.to_string(), labels: parse_labels(labels)?, data };
-    let created = store.create(sealed(store, &key, &value, None)?).await?;
-    println!("{}", full_id(&created.metadata.uid));
-    Ok(())
+    for attempt in 1..=3 {
+        let key = SealingKey::read(store).await?;
+        match key.guard(store).create(sealed(store, &key.key, &value, None)?).await {
+            Ok(created) => {
+                println!("{}", full_id(&created.metadata.uid));
+                return Ok(());
+            }
+            // The cluster key was rotated between reading and writing: seal again.
+            Err(StoreError::FenceLost) if attempt < 3 => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    unreachable!("the last attempt returns")
 }
 
 /// The Secret object to store for `value`: the current one's sealed value

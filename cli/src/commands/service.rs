@@ -129,22 +129,6 @@ pub fn short_id(uid: &str) -> String {
     uid.chars().filter(|c| *c != '-').take(12).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ports_read_like_docker() {
-        let p = serde_json::json!([{"target": 80, "published": 8080, "protocol": "tcp"}, {"target": 53, "protocol": "udp"}]);
-        assert_eq!(ports(&p), "*:8080->80/tcp, 53/udp");
-    }
-
-    #[test]
-    fn short_id_drops_dashes_and_keeps_twelve_digits() {
-        assert_eq!(short_id("0f8e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b"), "0f8e2a4c1b2d");
-    }
-}
-
 /// `shoal service create [FLAGS] IMAGE [COMMAND…]`.
 pub async fn create(store: &Store, args: &crate::args::ServiceCreateArgs) -> anyhow::Result<()> {
     let name = match &args.name {
@@ -245,4 +229,20 @@ pub async fn ps(store: &Store, names: &[String], output: OutputFormat, no_trunc:
     }
     let rows = super::tasks::task_rows(store, |service| names.iter().any(|n| n == service)).await?;
     super::tasks::print_tasks(&rows, output, no_trunc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_read_like_docker() {
+        let p = serde_json::json!([{"target": 80, "published": 8080, "protocol": "tcp"}, {"target": 53, "protocol": "udp"}]);
+        assert_eq!(ports(&p), "*:8080->80/tcp, 53/udp");
+    }
+
+    #[test]
+    fn short_id_drops_dashes_and_keeps_twelve_digits() {
+        assert_eq!(short_id("0f8e2a4c-1b2d-4e5f-8a9b-0c1d2e3f4a5b"), "0f8e2a4c1b2d");
+    }
 }

@@ -9,6 +9,7 @@ use shoal_crd::compose::{load_stack, Stack};
 use shoal_crd::{Config, Resource, Secret, Service};
 use shoal_store::client::{ApplyPlan, Change, Store};
 
+use super::cluster_key::SealingKey;
 use super::service::print_services;
 use crate::output::{print_structured, OutputFormat, Table};
 use crate::store_flags::StoreFlags;
@@ -29,8 +30,10 @@ pub async fn deploy(flags: &StoreFlags, file: &Path, name: &str, prune: bool) ->
     }
     let store = &super::connect(flags).await?;
     for attempt in 1..=DEPLOY_ATTEMPTS {
-        let plan = plan_stack(store, &stack, name, prune).await?;
-        match store.commit(plan, &format!("stack {name}")).await {
+        let (plan, sealing) = plan_stack(store, &stack, name, prune).await?;
+        // Secrets sealed to a cluster key that a rotation replaces meanwhile: re-plan.
+        let writer = sealing.map_or_else(|| store.clone(), |key| key.guard(store));
+        match writer.commit(plan, &format!("stack {name}")).await {
             Ok(outcome) => {
                 for change in &outcome.changes {
                     println!("{}", describe(change.change, change.kind, &change.name));
@@ -46,19 +49,27 @@ pub async fn deploy(flags: &StoreFlags, file: &Path, name: &str, prune: bool) ->
     unreachable!("the last attempt returns")
 }
 
-/// Plans the whole stack against what is stored now.
-async fn plan_stack(store: &Store, stack: &Stack, name: &str, prune: bool) -> anyhow::Result<ApplyPlan> {
+/// Plans the whole stack against what is stored now; with the cluster key
+/// its secrets were sealed to, if it has any.
+async fn plan_stack(
+    store: &Store,
+    stack: &Stack,
+    name: &str,
+    prune: bool,
+) -> anyhow::Result<(ApplyPlan, Option<SealingKey>)> {
     let mut plan = ApplyPlan::new();
     for config in &stack.configs {
         plan.add(store, store.get::<Config>(&config.metadata.name).await?.as_ref(), config.clone());
     }
+    let mut sealing = None;
     if !stack.secrets.is_empty() {
-        let key = super::cluster_key::public_key(store).await?;
+        let key = SealingKey::read(store).await?;
         for value in &stack.secrets {
             let current = store.get::<Secret>(&value.name).await?;
-            let secret = super::secret::sealed(store, &key, value, current.as_ref())?;
+            let secret = super::secret::sealed(store, &key.key, value, current.as_ref())?;
             plan.add(store, current.as_ref(), secret);
         }
+        sealing = Some(key);
     }
     for service in &stack.services {
         plan.add(store, store.get::<Service>(&service.metadata.name).await?.as_ref(), service.clone());
@@ -71,7 +82,7 @@ async fn plan_stack(store: &Store, stack: &Stack, name: &str, prune: bool) -> an
             }
         }
     }
-    Ok(plan)
+    Ok((plan, sealing))
 }
 
 fn describe(change: Change, kind: &str, name: &str) -> String {
@@ -120,26 +131,36 @@ pub async fn services(store: &Store, name: &str, output: OutputFormat) -> anyhow
     print_services(store, &services, output).await
 }
 
-/// `shoal stack rm NAME…`: services, configs and secrets of each stack, one transaction per stack.
+/// `shoal stack rm NAME…`: services, configs and secrets of each stack, one
+/// transaction per stack (planned again when a controller wrote a service's
+/// status in between).
 pub async fn rm(store: &Store, names: &[String]) -> anyhow::Result<()> {
     for name in names {
-        let mut plan = ApplyPlan::new();
-        for service in in_stack(store.list::<Service>().await?.0, name) {
-            plan.delete(store, &service);
-        }
-        for config in in_stack(store.list::<Config>().await?.0, name) {
-            plan.delete(store, &config);
-        }
-        for secret in in_stack(store.list::<Secret>().await?.0, name) {
-            plan.delete(store, &secret);
-        }
-        if plan.changes().is_empty() {
-            println!("Nothing found in stack: {name}");
-            continue;
-        }
-        let outcome = store.commit(plan, &format!("removal of stack {name}")).await?;
-        for change in &outcome.changes {
-            println!("{}", describe(change.change, change.kind, &change.name));
+        for attempt in 1..=DEPLOY_ATTEMPTS {
+            let mut plan = ApplyPlan::new();
+            for service in in_stack(store.list::<Service>().await?.0, name) {
+                plan.delete(store, &service);
+            }
+            for config in in_stack(store.list::<Config>().await?.0, name) {
+                plan.delete(store, &config);
+            }
+            for secret in in_stack(store.list::<Secret>().await?.0, name) {
+                plan.delete(store, &secret);
+            }
+            if plan.changes().is_empty() {
+                println!("Nothing found in stack: {name}");
+                break;
+            }
+            match store.commit(plan, &format!("removal of stack {name}")).await {
+                Ok(outcome) => {
+                    for change in &outcome.changes {
+                        println!("{}", describe(change.change, change.kind, &change.name));
+                    }
+                    break;
+                }
+                Err(err) if err.is_conflict() && attempt < DEPLOY_ATTEMPTS => continue,
+                Err(err) => return Err(err.into()),
+            }
         }
     }
     Ok(())

@@ -46,14 +46,19 @@ impl TaskRow {
     }
 
     /// The task's address on its node's bridge, or `host` when it shares
-    /// the node's network (the process runtime without root).
+    /// the node's network (the process runtime without root), with the
+    /// host ports it was given for its service's ports (`host:41234`).
     pub fn address(&self) -> String {
         let Some(observation) = &self.observation else { return String::new() };
         if let Some(address) = observation.spec.addresses.first() {
             return address.split('/').next().unwrap_or(address).to_string();
         }
         match (observation.spec.network, self.state().0) {
-            (shoal_crd::TaskNetwork::Host, TaskState::Running) => "host".into(),
+            (shoal_crd::TaskNetwork::Host, TaskState::Running) if observation.spec.ports.is_empty() => "host".into(),
+            (shoal_crd::TaskNetwork::Host, TaskState::Running) => {
+                let ports: Vec<String> = observation.spec.ports.iter().map(|p| p.host.to_string()).collect();
+                format!("host:{}", ports.join(","))
+            }
             _ => String::new(),
         }
     }

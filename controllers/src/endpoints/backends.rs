@@ -4,6 +4,8 @@
 //! handshake: its agent stops it only once every node has programmed the
 //! Endpoints revision without it.
 
+use std::collections::BTreeMap;
+
 use shoal_crd::{Backend, Node, TaskObservation};
 
 use crate::tasks::{observes, NodeCondition, TaskView};
@@ -32,18 +34,38 @@ impl Candidate<'_> {
             return Err(format!("node {node} is down"));
         }
         let address = self.address().ok_or_else(|| format!("no address known (node {node} reports none)"))?;
-        Ok(Backend { task: view.name().to_string(), node: node.to_string(), address })
+        Ok(Backend { task: view.name().to_string(), node: node.to_string(), address, ports: self.ports() })
+    }
+
+    /// Its agent's observation, if it is about this very task.
+    fn observed(&self) -> Option<&TaskObservation> {
+        self.observation.filter(|o| observes(o, &self.view.task))
     }
 
     /// Its namespace's address without the prefix length, else (host
-    /// network) its node's address.
+    /// network) its node's address: the advertise address, where other
+    /// nodes reach it (a node's own data plane may prefer loopback).
     fn address(&self) -> Option<String> {
-        let own = self.observation.filter(|o| observes(o, &self.view.task)).and_then(|o| o.spec.addresses.first());
-        match own {
+        match self.observed().and_then(|o| o.spec.addresses.first()) {
             Some(cidr) => Some(cidr.split('/').next().unwrap_or(cidr).to_string()),
             None => self.node.and_then(|n| n.status.as_ref()).map(|s| s.addr.clone()).filter(|a| !a.is_empty()),
         }
     }
+
+    /// Target → host port, for a task its agent put on the host network.
+    fn ports(&self) -> BTreeMap<u16, u16> {
+        let observed = self.observed().filter(|o| o.spec.addresses.is_empty());
+        observed.map(|o| o.spec.ports.iter().map(|p| (p.target, p.host)).collect()).unwrap_or_default()
+    }
+}
+
+/// `address` or, with mapped ports, `address (80→41234)`.
+fn at(backend: &Backend) -> String {
+    if backend.ports.is_empty() {
+        return backend.address.clone();
+    }
+    let ports: Vec<String> = backend.ports.iter().map(|(target, host)| format!("{target}→{host}")).collect();
+    format!("{} ({})", backend.address, ports.join(", "))
 }
 
 /// The backends among `candidates`, sorted by task id.
@@ -73,10 +95,10 @@ pub fn change(old: &[Backend], new: &[Backend], candidates: &[Candidate]) -> Opt
         reasons.push(format!("task {display} {why}"));
     }
     for came in new.iter().filter(|b| !old.iter().any(|o| o.task == b.task)) {
-        reasons.push(format!("task {} ready at {}", named(&came.task).0, came.address));
+        reasons.push(format!("task {} ready at {}", named(&came.task).0, at(came)));
     }
     for moved in new.iter().filter(|b| old.iter().any(|o| o.task == b.task && o != *b)) {
-        reasons.push(format!("task {} now at {}", named(&moved.task).0, moved.address));
+        reasons.push(format!("task {} now at {}", named(&moved.task).0, at(moved)));
     }
     Some((format!("backends {} → {}", old.len(), new.len()), reasons.join("; ")))
 }
@@ -87,8 +109,8 @@ mod tests {
 
     use chrono::Utc;
     use shoal_crd::{
-        HealthStatus, NodeSpec, NodeState, NodeStatus, Service, ServiceSpec, Task, TaskHealth, TaskObservationSpec,
-        TaskState, TaskStatus,
+        HealthStatus, NodeSpec, NodeState, NodeStatus, PortMapping, Service, ServiceSpec, Task, TaskHealth,
+        TaskObservationSpec, TaskState, TaskStatus,
     };
 
     use super::*;
@@ -131,9 +153,28 @@ mod tests {
         let up = node(NodeState::Ready);
         let t = task(1);
         let backend = judge(t.clone(), &observed(&t, TaskState::Running, &["10.200.3.5/24"]), &up).unwrap();
-        assert_eq!(backend, Backend { task: "t1".into(), node: "n1".into(), address: "10.200.3.5".into() });
+        let expected =
+            Backend { task: "t1".into(), node: "n1".into(), address: "10.200.3.5".into(), ports: BTreeMap::new() };
+        assert_eq!(backend, expected);
         let host = judge(t.clone(), &observed(&t, TaskState::Running, &[]), &up).unwrap();
         assert_eq!(host.address, "192.0.2.10", "host network: the node's address");
+    }
+
+    #[test]
+    fn a_host_network_task_is_reached_at_its_nodes_address_on_the_ports_its_agent_mapped() {
+        let up = node(NodeState::Ready);
+        let t = task(1);
+        let mut o = observed(&t, TaskState::Running, &[]);
+        o.spec.ports = vec![PortMapping { target: 80, host: 41234 }, PortMapping { target: 53, host: 41235 }];
+        let backend = judge(t.clone(), &o, &up).unwrap();
+        assert_eq!((backend.address.as_str(), backend.port(80), backend.port(53)), ("192.0.2.10", 41234, 41235));
+        assert_eq!(backend.port(8080), 8080, "a port not mapped is reached as itself");
+        assert_eq!(at(&backend), "192.0.2.10 (53→41235, 80→41234)");
+        // A mapping from an observation of an earlier task does not count.
+        o.spec.task_uid = "earlier".into();
+        let view = TaskView::new(t.clone(), Some(&observed(&t, TaskState::Running, &[])));
+        let stale = Candidate { view: &view, observation: Some(&o), node: Some(&up) }.judge().unwrap();
+        assert!(stale.ports.is_empty());
     }
 
     #[test]

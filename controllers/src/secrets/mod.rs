@@ -7,25 +7,32 @@
 //! nodes; this is the same rule, kept in the store.
 //!
 //! Needs the cluster's private key (`--encryption-key-file`): without it
-//! the loop does not run, and tasks using secrets wait in `preparing`.
+//! the loop does not run, and tasks using secrets wait in `preparing`. The
+//! file is read again when it changes ([`keys`]): a cluster-key rotation
+//! re-wraps secrets to a new key while this loop runs.
 //!
 //! # Guarantees
 //! - Only this loop writes SealedSecrets, with compare-and-swap.
 //! - A copy is always for the secret's current version (`generation`): a
 //!   new value gets new copies, and a node's new key gets a new copy.
 //! - No secret value or data key is ever logged or put in an event.
+//! - A cluster-key rotation (only `sealed.dataKey` changes, not the
+//!   version) writes no copy: a copy is wrapped to the node's key.
+
+pub mod keys;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_crd::sealing::{rewrap, PrivateKey, PublicKey, SealingError};
+use shoal_crd::sealing::{rewrap, PublicKey, SealingError};
 use shoal_crd::{Node, SealedSecret, SealedSecretSpec, Secret, Task, TaskState};
 use shoal_store::client::reflector::{reflector, Reader};
 use shoal_store::client::{Store, StoreError};
 use tokio::task::JoinHandle;
 
+use self::keys::KeyRing;
 use crate::caches::Caches;
 use crate::runtime::{Action, Controller, Decision, Recorder};
 
@@ -56,7 +63,7 @@ pub struct Context {
     pub secrets: Reader<Secret>,
     pub sealed: Reader<SealedSecret>,
     /// The cluster's private keys (the current one first).
-    keys: Vec<PrivateKey>,
+    keys: KeyRing,
     pub recorder: Recorder,
 }
 
@@ -72,7 +79,7 @@ impl Drop for Reflectors {
 impl Context {
     /// The loop's context, with a reflector over SealedSecrets (Secrets
     /// come from the shared caches).
-    pub fn start(store: Store, caches: Caches, keys: Vec<PrivateKey>) -> (Arc<Self>, Reflectors) {
+    pub fn start(store: Store, caches: Caches, keys: KeyRing) -> (Arc<Self>, Reflectors) {
         let secrets = caches.secrets.clone();
         let (sealed, task) = reflector::<SealedSecret>(store.clone());
         (Arc::new(Self { store, caches, secrets, sealed, keys, recorder: Recorder::new(NAME) }), Reflectors(vec![task]))
@@ -81,7 +88,7 @@ impl Context {
 
 /// Runs the secrets loop until `shutdown`.
 pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
-    if ctx.keys.is_empty() {
+    if !ctx.keys.is_configured() {
         tracing::warn!(
             controller = NAME,
             "no --encryption-key-file: secrets are not sealed to nodes, tasks using secrets cannot start"
@@ -196,7 +203,7 @@ fn seal_for(
     data_key: &shoal_crd::sealing::WrappedKey,
 ) -> Result<SealedSecretSpec, SecretsError> {
     let aad = ctx.store.key_of::<Secret>(&secret.metadata.name);
-    let wrapped = rewrap(&ctx.keys, aad.as_bytes(), data_key, key).map_err(|source| SecretsError::Reseal {
+    let wrapped = rewrap(&ctx.keys.keys(), aad.as_bytes(), data_key, key).map_err(|source| SecretsError::Reseal {
         secret: secret.metadata.name.clone(),
         node: node.into(),
         source,

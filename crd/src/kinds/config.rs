@@ -18,7 +18,7 @@ kind!(
 
 kind!(
     /// Secret data, stored only encrypted.
-    Secret, SecretSpec, "secrets", status: ()
+    Secret, SecretSpec, "secrets", status: (), version: SecretSpec::version_value
 );
 
 /// Written by the user.
@@ -38,12 +38,30 @@ pub const MAX_CONFIG_BYTES: usize = 500 * 1024;
 /// Written by the user (through the CLI, which seals the value to the
 /// cluster's public key). `generation` is the secret's version: it moves
 /// each time a new value is stored under the same name.
+///
+/// # Version and wrap
+/// The version follows the *value* — ciphertext, nonce and fingerprint —
+/// and not the *wrap*, `sealed.dataKey`: the same data key sealed to
+/// another cluster key. `shoal cluster-key rotate` rewrites only the wrap
+/// (compare-and-swap, like any write), so the generation stays, no task
+/// records a new version and no service rolls.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretSpec {
     /// The value, encrypted; absent for a secret declared without a value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed: Option<crate::sealing::SealedValue>,
+}
+
+impl SecretSpec {
+    /// What the version (`generation`) follows: the spec without the wrap.
+    pub fn version_value(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).expect("specs serialize to JSON");
+        if let Some(sealed) = value.get_mut("sealed").and_then(serde_json::Value::as_object_mut) {
+            sealed.remove("dataKey");
+        }
+        value
+    }
 }
 
 /// Bytes that (de)serialize as a standard base64 string.
@@ -72,5 +90,26 @@ impl JsonSchema for Base64Data {
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         json_schema!({ "type": "string", "contentEncoding": "base64" })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sealing::{rewrap, seal, PrivateKey};
+    use crate::Resource;
+
+    #[test]
+    fn re_wrapping_a_secret_to_another_key_is_not_a_new_version() {
+        let (old, new) = (PrivateKey::generate(), PrivateKey::generate());
+        let sealed = seal(&old.public(), b"aad", b"value").unwrap();
+        let secret = Secret::new("db", SecretSpec { sealed: Some(sealed.clone()) });
+        let mut rewrapped = secret.clone();
+        let data_key = rewrap(std::slice::from_ref(&old), b"aad", &sealed.data_key, &new.public()).unwrap();
+        rewrapped.spec.sealed.as_mut().unwrap().data_key = data_key;
+        assert_ne!(rewrapped.spec, secret.spec);
+        assert_eq!(rewrapped.spec_value(), secret.spec_value(), "the wrap is not part of the version");
+        let another = Secret::new("db", SecretSpec { sealed: Some(seal(&old.public(), b"aad", b"value").unwrap()) });
+        assert_ne!(another.spec_value(), secret.spec_value(), "a new value is a new version, even an equal one");
     }
 }

@@ -7,6 +7,8 @@
 //! DNS. A task leaves `backends` before it is stopped (the draining
 //! handshake), and joins only once it is ready (running and healthy).
 
+use std::collections::BTreeMap;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -64,4 +66,16 @@ pub struct Backend {
     pub node: String,
     /// The task's address (its network namespace's, or the node's when it shares the host network).
     pub address: String,
+    /// Target port → the port the task listens on instead (a task on its
+    /// node's host network, see `TaskObservation.spec.ports`); a target port
+    /// not listed is reached as itself.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ports: BTreeMap<u16, u16>,
+}
+
+impl Backend {
+    /// The port to reach this backend's `target` port at.
+    pub fn port(&self, target: u16) -> u16 {
+        self.ports.get(&target).copied().unwrap_or(target)
+    }
 }

@@ -16,15 +16,24 @@ pub use config::{Base64Data, Config, ConfigSpec, Secret, SecretSpec, MAX_CONFIG_
 pub use endpoints::{Backend, EndpointPort, Endpoints, EndpointsSpec};
 pub use event::{Event, EventSpec, ObjectReference};
 pub use node::{heartbeat_key, Availability, Node, NodeRole, NodeSpec, NodeState, NodeStatus, Platform, HEARTBEATS};
-pub use observation::{TaskNetwork, TaskObservation, TaskObservationSpec};
+pub use observation::{PortMapping, TaskNetwork, TaskObservation, TaskObservationSpec};
 pub use revision::{ServiceRevision, ServiceRevisionSpec};
 pub use sealed_secret::{SealedSecret, SealedSecretSpec};
 pub use service::*;
 pub use task::{HealthStatus, ProbeResult, Task, TaskHealth, TaskSpec, TaskState, TaskStatus};
 
 /// Declares a kind's envelope struct and its [`crate::Resource`] impl.
+/// `version: path` names a function of the spec giving what `generation`
+/// follows, when that is less than the whole spec (a Secret's wrapped data
+/// key is not part of its version).
 macro_rules! kind {
-    ($(#[$doc:meta])* $name:ident, $spec:ty, $plural:literal $(, status: $status:ty)?) => {
+    (@version $spec:expr) => {
+        serde_json::to_value($spec).expect("specs serialize to JSON")
+    };
+    (@version $spec:expr, $version:path) => {
+        $version($spec)
+    };
+    ($(#[$doc:meta])* $name:ident, $spec:ty, $plural:literal $(, status: $status:ty)? $(, version: $version:path)?) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -67,7 +76,7 @@ macro_rules! kind {
                 &mut self.metadata
             }
             fn spec_value(&self) -> serde_json::Value {
-                serde_json::to_value(&self.spec).expect("specs serialize to JSON")
+                $crate::kinds::kind!(@version &self.spec $(, $version)?)
             }
         }
     };

@@ -36,10 +36,27 @@ pub struct TaskObservationSpec {
     /// a network namespace of its own; empty on the host network.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub addresses: Vec<String>,
+    /// On the host network: the free host port the agent gave the task for
+    /// each target port of its service (told to it as `SHOAL_PORT_<target>`
+    /// and, for the first, `PORT`), since replicas sharing one network cannot
+    /// all listen on the target port. Empty in a namespace of its own.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortMapping>,
     /// Directory on `nodeId` holding the task's `stdout.log` and
     /// `stderr.log` (rotated copies `.1`, `.2`, …), read by `shoal service logs`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_dir: Option<String>,
+}
+
+/// A target port of the service and the host port a host-network task
+/// listens on instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PortMapping {
+    /// The port the service's spec says its tasks listen on.
+    pub target: u16,
+    /// The port this task listens on, on its node (TCP and UDP alike).
+    pub host: u16,
 }
 
 /// Which network a task's process shares.
