@@ -32,7 +32,7 @@ fn the_nftables_data_plane_passes_the_conformance_suite_in_a_namespace() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     println!("{stdout}");
     assert!(output.status.success(), "conformance failed:\n{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("13 of 13 checks passed"), "{stdout}");
+    assert!(stdout.contains("14 of 14 checks passed"), "{stdout}");
 }
 
 #[test]

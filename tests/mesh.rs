@@ -7,7 +7,8 @@
 //! the third node, which runs none of the tasks. Meanwhile the service goes
 //! through a rolling update, a rollback, a scale 6→3→6 and a node drain.
 //!
-//! Expected: not one failed request. The loads are `shoal demo load`
+//! Expected: not one failed request. Then a `mode: host` port answers
+//! on the node running its task and on no other. The loads are `shoal demo load`
 //! processes (see its module for what counts as a failure and the one
 //! retry a keep-alive client makes); the test prints their summaries:
 //! requests, failures, answers per version.
@@ -155,4 +156,32 @@ fn no_request_fails_through_an_update_a_rollback_a_scale_and_a_drain() {
         );
     }
     assert!(total >= 20_000, "only {total} requests were sent (the issue asks for at least 20,000)");
+
+    host_mode_publishes_only_where_the_task_runs(&cluster, &client);
+}
+
+/// `mode: host`: the port answers on the node running the task, and on no other.
+fn host_mode_publishes_only_where_the_task_runs(cluster: &Cluster, client: &str) {
+    cluster.shoal_ok(&[
+        "service",
+        "create",
+        "--name",
+        "direct",
+        "--constraint",
+        "node.labels.role==app",
+        "-p",
+        "published=9090,target=80,mode=host",
+        "shoal/demo:1.0",
+    ]);
+    cluster.wait_until(STEP, "the host-mode task running", |c| c.running("direct").len() == 1);
+    let node = cluster.running("direct")[0].node().unwrap_or_default().to_string();
+    let answers = |index: usize| {
+        let url = format!("http://{}:9090/", cluster.agent_address(index));
+        support::quiet(&["ip", "netns", "exec", client, env!("CARGO_BIN_EXE_shoal"), "demo", "probe", &url])
+    };
+    let running_on = (0..3).find(|i| cluster.agent_name(*i) == node).expect("the task's node is one of the three");
+    cluster.wait_until(Duration::from_secs(20), "the host-mode port on the task's node", |_| answers(running_on));
+    for other in (0..3).filter(|i| *i != running_on) {
+        assert!(!answers(other), "host-mode port 9090 answered on {}, which runs no task", cluster.agent_name(other));
+    }
 }

@@ -354,6 +354,11 @@ fn continue_finishes_despite_failures_and_max_failure_ratio_decides_when_to_paus
         }
     }
     assert_eq!(ready_on(&cluster, "cont", V2), 1, "the healthy slot of cont runs the new release\n{}", cluster.dump());
+    // Following a service whose completed update left a task failed ends, and says so.
+    let followed = cluster.shoal(&["service", "update", "--image", V2, "cont"]);
+    assert!(!followed.status.success(), "a service with a failed task is not converged");
+    let stderr = String::from_utf8_lossy(&followed.stderr);
+    assert!(stderr.contains("the update completed, but only 1 of 2 tasks run the new spec"), "{stderr}");
     assert_eq!(
         ready_on(&cluster, "below", V2),
         2,

@@ -29,6 +29,8 @@ use crate::network::ip;
 /// The fixture's VIP, service port and published port.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 203, 1);
 pub const PORT: u16 = 80;
+/// A port the backends also answer on but the service does not declare.
+pub const UNDECLARED_PORT: u16 = 8081;
 pub const PUBLISHED: u16 = 31203;
 /// The node's name in the fixture (both backends run on it).
 pub const NODE: &str = "conformance-node";
@@ -38,6 +40,8 @@ pub const NODE: &str = "conformance-node";
 pub struct Capabilities {
     /// Service VIPs answer (not the userspace proxy).
     pub vips: bool,
+    /// A VIP carries every port, declared or not, as Swarm's do (nftables).
+    pub any_port: bool,
 }
 
 /// One check and how it went.
@@ -88,7 +92,9 @@ impl Lab {
             lab.backends.push(backend);
             created?;
             let backend = lab.backends.last().expect("pushed above");
-            lab.listeners.push(listen(backend.netns.clone(), backend.name.clone(), lab.stop.clone())?);
+            for port in [PORT, UNDECLARED_PORT] {
+                lab.listeners.push(listen(backend.netns.clone(), backend.name.clone(), port, lab.stop.clone())?);
+            }
         }
         // A node has a default route; a fresh namespace does not, and
         // without one a VIP that is not a local address is unreachable.
@@ -186,9 +192,9 @@ fn in_netns<T: Send + 'static>(netns: Option<String>, f: impl FnOnce() -> T + Se
     .map_err(|_| "the namespace thread panicked".to_string())?
 }
 
-/// A thread in `netns` answering every HTTP request on port [`PORT`] with `name`.
-fn listen(netns: String, name: String, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>, String> {
-    let listener = in_netns(Some(netns.clone()), move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, PORT)))?
+/// A thread in `netns` answering every HTTP request on `port` with `name`.
+fn listen(netns: String, name: String, port: u16, stop: Arc<AtomicBool>) -> Result<JoinHandle<()>, String> {
+    let listener = in_netns(Some(netns.clone()), move || TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))?
         .map_err(|e| format!("listening in {netns}: {e}"))?;
     listener.set_nonblocking(true).map_err(|e| e.to_string())?;
     Ok(std::thread::spawn(move || {
@@ -271,6 +277,13 @@ pub fn run(dataplane: &mut dyn DataPlane, capabilities: Capabilities) -> Vec<Che
         check(
             "the VIP answers from inside a backend's namespace (hairpin included)",
             expect(answering(vip, Some(&hairpin), 20), &["a", "b"]),
+        );
+    }
+    if capabilities.any_port {
+        let undeclared = SocketAddrV4::new(VIP, UNDECLARED_PORT);
+        check(
+            "the VIP carries a port the service does not declare, to the same port of both backends",
+            expect(answering(undeclared, None, 20), &["a", "b"]),
         );
     }
     check(

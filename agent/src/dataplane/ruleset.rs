@@ -8,7 +8,10 @@
 //!
 //! - `prerouting` and `output` (nat hooks, dstnat) jump to `services`;
 //!   `postrouting` (srcnat) masquerades packets carrying [`MASQ_MARK`].
-//! - `services`: `ip daddr . meta l4proto . th dport vmap @service-ips`,
+//! - `services`: `ip daddr . meta l4proto . th dport vmap @service-ips`
+//!   (a service's declared ports), then `ip daddr vmap @service-vips`
+//!   (every other port of a VIP, as Swarm's VIPs carry any port: a stack's
+//!   `redis` without `ports:` is still `redis:6379` to its neighbours),
 //!   then, for packets to one of this node's own addresses (127.0.0.1
 //!   included), `jump nodeports`.
 //! - `nodeports`: `meta l4proto . th dport vmap @service-nodeports`.
@@ -16,6 +19,9 @@
 //! - `input-guard` (filter, input): with `route_localnet` on (needed for
 //!   127.0.0.1:published), drops packets from elsewhere addressed to
 //!   127.0.0.0/8 unless we DNATed them, as kube-proxy does.
+//! - per VIP: `svc-<service>-any` picks an `ep-<service>-any-<address>`
+//!   chain, which DNATs to the address and keeps the port (backends reached
+//!   through a mapped host port are left out: only declared ports map);
 //! - per service port: `svc-<service>-<proto>-<target>` picks a backend with
 //!   `numgen random mod N vmap { 0 : goto ep-…, … }` (`reject` when it has none:
 //!   a refused connection, not a hang);
@@ -45,6 +51,8 @@ pub const MASQ_MARK: &str = "0x00100000";
 pub const SERVICE_IPS: &str = "service-ips";
 /// Protocol and published port → the node-port chain.
 pub const SERVICE_NODEPORTS: &str = "service-nodeports";
+/// VIP → the chain for any port the service does not declare.
+pub const SERVICE_VIPS: &str = "service-vips";
 
 /// One chain: a base chain's hook line (`type nat hook … ;`) or none, and its rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,11 +111,14 @@ impl Ruleset {
             chain(Some("type filter hook input priority filter; policy accept;"), &[guard]),
         );
         let dispatch = format!("ip daddr . meta l4proto . th dport vmap @{SERVICE_IPS}");
-        chains.insert("services".into(), chain(None, &[&dispatch, "fib daddr type local jump nodeports"]));
+        let any_port = format!("ip daddr vmap @{SERVICE_VIPS}");
+        chains.insert("services".into(), chain(None, &[&dispatch, &any_port, "fib daddr type local jump nodeports"]));
         chains
             .insert("nodeports".into(), chain(None, &[&format!("meta l4proto . th dport vmap @{SERVICE_NODEPORTS}")]));
         chains.insert("mark-for-masquerade".into(), chain(None, &[&format!("meta mark set meta mark | {MASQ_MARK}")]));
-        let maps = [(SERVICE_IPS, BTreeMap::new()), (SERVICE_NODEPORTS, BTreeMap::new())].into();
+        let maps =
+            [(SERVICE_IPS, BTreeMap::new()), (SERVICE_NODEPORTS, BTreeMap::new()), (SERVICE_VIPS, BTreeMap::new())]
+                .into();
         Self { chains, maps }
     }
 
@@ -130,6 +141,9 @@ impl Ruleset {
             .as_deref()
             .filter(|_| spec.endpoint_mode == EndpointMode::Vip)
             .and_then(|v| v.parse::<Ipv4Addr>().ok());
+        if let Some(vip) = vip {
+            self.add_any_port(&service, vip, &backends, local);
+        }
         let mut seen = BTreeSet::new();
         for port in &spec.ports {
             let proto = match port.protocol {
@@ -184,6 +198,29 @@ impl Ruleset {
         }
     }
 
+    /// `svc-<service>-any`: every port of `vip` the service does not
+    /// declare, DNATed to the same port of a backend.
+    fn add_any_port(&mut self, service: &str, vip: Ipv4Addr, backends: &[(Ipv4Addr, &Backend)], local: &LocalNode) {
+        let chains: Vec<String> = backends
+            .iter()
+            .filter(|(_, backend)| backend.ports.is_empty())
+            .map(|(addr, _)| {
+                let name = format!("ep-{service}-any-{addr}");
+                let masquerade = match local.subnet.filter(|s| s.contains(addr)) {
+                    Some(subnet) => format!("ip saddr {subnet} jump mark-for-masquerade"),
+                    None => format!("ip saddr {addr} jump mark-for-masquerade"),
+                };
+                self.chains
+                    .insert(name.clone(), Chain { hook: None, rules: vec![masquerade, format!("dnat to {addr}")] });
+                name
+            })
+            .collect();
+        let all: Vec<&str> = chains.iter().map(String::as_str).collect();
+        let service_chain = format!("svc-{service}-any");
+        self.chains.insert(service_chain.clone(), Chain { hook: None, rules: vec![pick(&all)] });
+        self.element(SERVICE_VIPS, vip.to_string(), &service_chain);
+    }
+
     fn element(&mut self, map: &'static str, key: String, chain: &str) {
         self.maps.entry(map).or_default().insert(key, format!("goto {chain}"));
     }
@@ -193,7 +230,8 @@ impl Ruleset {
     pub fn full(&self, table: &str) -> String {
         let mut out = format!("table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n");
         out.push_str(&format!("\tmap {SERVICE_IPS} {{ type ipv4_addr . inet_proto . inet_service : verdict; }}\n"));
-        out.push_str(&format!("\tmap {SERVICE_NODEPORTS} {{ type inet_proto . inet_service : verdict; }}\n}}\n"));
+        out.push_str(&format!("\tmap {SERVICE_NODEPORTS} {{ type inet_proto . inet_service : verdict; }}\n"));
+        out.push_str(&format!("\tmap {SERVICE_VIPS} {{ type ipv4_addr : verdict; }}\n}}\n"));
         let everything = Ruleset { chains: BTreeMap::new(), maps: BTreeMap::new() };
         out.push_str(&everything.diff(self, table));
         out

@@ -37,7 +37,10 @@ delete table ip shoal
 table ip shoal {
 \tmap service-ips { type ipv4_addr . inet_proto . inet_service : verdict; }
 \tmap service-nodeports { type inet_proto . inet_service : verdict; }
+\tmap service-vips { type ipv4_addr : verdict; }
 }
+add chain ip shoal ep-web-any-10.200.1.2
+add chain ip shoal ep-web-any-10.200.2.2
 add chain ip shoal ep-web-tcp-80-10.200.1.2
 add chain ip shoal ep-web-tcp-80-10.200.2.2
 add chain ip shoal input-guard { type filter hook input priority filter; policy accept; }
@@ -48,7 +51,12 @@ add chain ip shoal output { type nat hook output priority -100; policy accept; }
 add chain ip shoal postrouting { type nat hook postrouting priority srcnat; policy accept; }
 add chain ip shoal prerouting { type nat hook prerouting priority dstnat; policy accept; }
 add chain ip shoal services
+add chain ip shoal svc-web-any
 add chain ip shoal svc-web-tcp-80
+add rule ip shoal ep-web-any-10.200.1.2 ip saddr 10.200.1.0/24 jump mark-for-masquerade
+add rule ip shoal ep-web-any-10.200.1.2 dnat to 10.200.1.2
+add rule ip shoal ep-web-any-10.200.2.2 ip saddr 10.200.2.2 jump mark-for-masquerade
+add rule ip shoal ep-web-any-10.200.2.2 dnat to 10.200.2.2
 add rule ip shoal ep-web-tcp-80-10.200.1.2 ip saddr 10.200.1.0/24 jump mark-for-masquerade
 add rule ip shoal ep-web-tcp-80-10.200.1.2 meta l4proto tcp dnat to 10.200.1.2:80
 add rule ip shoal ep-web-tcp-80-10.200.2.2 ip saddr 10.200.2.2 jump mark-for-masquerade
@@ -62,10 +70,13 @@ add rule ip shoal output jump services
 add rule ip shoal postrouting meta mark & 0x00100000 == 0x00100000 masquerade
 add rule ip shoal prerouting jump services
 add rule ip shoal services ip daddr . meta l4proto . th dport vmap @service-ips
+add rule ip shoal services ip daddr vmap @service-vips
 add rule ip shoal services fib daddr type local jump nodeports
+add rule ip shoal svc-web-any numgen random mod 2 vmap { 0 : goto ep-web-any-10.200.1.2, 1 : goto ep-web-any-10.200.2.2 }
 add rule ip shoal svc-web-tcp-80 numgen random mod 2 vmap { 0 : goto ep-web-tcp-80-10.200.1.2, 1 : goto ep-web-tcp-80-10.200.2.2 }
 add element ip shoal service-ips { 10.96.0.10 . tcp . 80 : goto svc-web-tcp-80 }
 add element ip shoal service-nodeports { tcp . 31080 : goto np-web-tcp-31080 }
+add element ip shoal service-vips { 10.96.0.10 : goto svc-web-any }
 ";
 
 #[test]
@@ -82,8 +93,12 @@ fn removing_a_backend_rewrites_only_that_services_chains() {
     assert_eq!(
         before.diff(&after, "shoal"),
         "\
+flush chain ip shoal svc-web-any
+add rule ip shoal svc-web-any numgen random mod 1 vmap { 0 : goto ep-web-any-10.200.1.2 }
 flush chain ip shoal svc-web-tcp-80
 add rule ip shoal svc-web-tcp-80 numgen random mod 1 vmap { 0 : goto ep-web-tcp-80-10.200.1.2 }
+flush chain ip shoal ep-web-any-10.200.2.2
+delete chain ip shoal ep-web-any-10.200.2.2
 flush chain ip shoal ep-web-tcp-80-10.200.2.2
 delete chain ip shoal ep-web-tcp-80-10.200.2.2
 "
@@ -110,15 +125,23 @@ fn adding_and_deleting_services_touches_their_elements_only() {
     assert_eq!(
         diff,
         "\
+add chain ip shoal svc-cache-any
 add chain ip shoal svc-cache-udp-11211
+add rule ip shoal svc-cache-any reject
 add rule ip shoal svc-cache-udp-11211 reject
 delete element ip shoal service-ips { 10.96.0.10 . tcp . 80 }
 add element ip shoal service-ips { 10.96.0.12 . udp . 11211 : goto svc-cache-udp-11211 }
 delete element ip shoal service-nodeports { tcp . 31080 }
+delete element ip shoal service-vips { 10.96.0.10 }
+add element ip shoal service-vips { 10.96.0.12 : goto svc-cache-any }
+flush chain ip shoal ep-web-any-10.200.1.2
+delete chain ip shoal ep-web-any-10.200.1.2
 flush chain ip shoal ep-web-tcp-80-10.200.1.2
 delete chain ip shoal ep-web-tcp-80-10.200.1.2
 flush chain ip shoal np-web-tcp-31080
 delete chain ip shoal np-web-tcp-31080
+flush chain ip shoal svc-web-any
+delete chain ip shoal svc-web-any
 flush chain ip shoal svc-web-tcp-80
 delete chain ip shoal svc-web-tcp-80
 "

@@ -190,6 +190,11 @@ async fn an_open_connection_carries_on_when_its_backend_leaves_the_table() {
     let dp = UserspaceDataPlane::new(Handle::current(), vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
     let dp = apply(dp, vec![web(published, &[echo])]).await;
     let mut stream = TcpStream::connect(("127.0.0.1", published)).await.unwrap();
+    // Proxied end to end first: connect() returns once the kernel has
+    // queued the connection, before the proxy has picked a backend for it.
+    stream.write_all(b"hello").await.unwrap();
+    let mut hello = [0u8; 5];
+    stream.read_exact(&mut hello).await.unwrap();
     let _dp = apply(dp, vec![web(published, &[])]).await;
     stream.write_all(b"still there").await.unwrap();
     let mut buf = [0u8; 11];

@@ -261,11 +261,16 @@ enum Expect {
     Converged,
 }
 
+/// How long a completed update may leave tasks not running before
+/// `service update` stops following and says so.
+const UNCONVERGED_AFTER_COMPLETION: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Follows the service until its tasks converge on generation
 /// `generation`; an error when its update pauses or rolls back.
 async fn follow(store: &Store, name: &str, generation: i64, expect: Expect) -> anyhow::Result<()> {
     let mut screen = Screen::new();
     let mut rollback_reason = None;
+    let mut completed_at = None;
     loop {
         let service = store.get::<Service>(name).await?.ok_or_else(|| anyhow::anyhow!("service {name} was removed"))?;
         let rows = task_rows(store, |s| s == name).await?;
@@ -288,7 +293,21 @@ async fn follow(store: &Store, name: &str, generation: i64, expect: Expect) -> a
                 bail!("{why}; rollback completed");
             }
             (Expect::Update, Some(UpdateState::Completed))
-            | (Expect::Rollback, Some(UpdateState::RollbackCompleted)) => progress.converged(),
+            | (Expect::Rollback, Some(UpdateState::RollbackCompleted))
+            | (Expect::Converged, Some(UpdateState::Completed | UpdateState::RollbackCompleted)) => {
+                // Under failure action `continue` an update completes with
+                // tasks that may never run: report them instead of waiting forever.
+                let since = *completed_at.get_or_insert_with(std::time::Instant::now);
+                if !progress.converged() && since.elapsed() > UNCONVERGED_AFTER_COMPLETION {
+                    screen.show(&progress.render())?;
+                    bail!(
+                        "the update completed, but only {} of {} tasks run the new spec (see `shoal service ps {name}`)",
+                        progress.done(),
+                        progress.desired
+                    );
+                }
+                progress.converged()
+            }
             (Expect::Converged, Some(UpdateState::Updating | UpdateState::RollbackStarted)) => false,
             (Expect::Converged, _) => progress.converged(),
             _ => false,
