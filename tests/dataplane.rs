@@ -9,7 +9,7 @@
 //! node's address; a backend removed from the Endpoints stops getting
 //! requests within a second, and one with none refuses connections at
 //! once; `nft list table ip shoal` shows the
-//! per-service chains; the agent records the revision it programmed; a
+//! per-service chains and backend maps; the agent records the revision it programmed; a
 //! graceful agent stop removes the table.
 //!
 //! As root only (fails, never skips, otherwise). The agent's processes, its
@@ -309,7 +309,8 @@ async fn a_vip_and_a_published_port_balance_over_tasks_and_follow_the_endpoints(
         "chain nodeports",
         "chain svc-web-tcp-80",
         "chain np-web-tcp-31080",
-        &format!("chain ep-web-tcp-80-{}", backends[0].1),
+        "chain svc-web-any",
+        &format!("{} . 80", backends[0].1),
     ] {
         assert!(table.contains(chain), "{chain} missing in:\n{table}");
     }
@@ -333,9 +334,8 @@ async fn a_vip_and_a_published_port_balance_over_tasks_and_follow_the_endpoints(
     );
     let table = nft_table().unwrap();
     assert!(
-        !table.contains(&format!("ep-web-tcp-80-{} ", backends[0].1))
-            && !table.contains(&format!("ep-web-tcp-80-{}\n", backends[0].1)),
-        "the removed backend's chain is gone:\n{table}"
+        !table.contains(&format!("{} . 80", backends[0].1)) && table.contains(&format!("{} . 80", backends[1].1)),
+        "the removed backend is gone from the service's map:\n{table}"
     );
 
     // No backends left: a connection is refused at once, not left to time out.

@@ -7,8 +7,10 @@
 //! the third node, which runs none of the tasks. Meanwhile the service goes
 //! through a rolling update, a rollback, a scale 6→3→6 and a node drain.
 //!
-//! Expected: not one failed request. Then a `mode: host` port answers
-//! on the node running its task and on no other. The loads are `shoal demo load`
+//! Expected: not one failed request. Along the way, tasks reach the
+//! service by name (the agent's DNS, then the VIP) on both nodes; at the
+//! end a `mode: host` port answers on the node running its task and on no
+//! other. The loads are `shoal demo load`
 //! processes (see its module for what counts as a failure and the one
 //! retry a keep-alive client makes); the test prints their summaries:
 //! requests, failures, answers per version.
@@ -50,6 +52,11 @@ impl Load {
     /// SIGTERM, then its JSON summary.
     fn stop(self) -> Value {
         support::quiet(&["kill", &self.child.id().to_string()]);
+        self.wait()
+    }
+
+    /// Its JSON summary once it ends (`--duration`).
+    fn wait(self) -> Value {
         let out = self.child.wait_with_output().expect("waiting for shoal demo load");
         assert!(out.status.success(), "shoal demo load failed: {}", out.status);
         serde_json::from_slice(&out.stdout)
@@ -129,6 +136,7 @@ fn no_request_fails_through_an_update_a_rollback_a_scale_and_a_drain() {
     converged(&cluster, "scale to 3", 3, "shoal/demo:1.0", &[&app1, &app2]);
     cluster.shoal_ok(&["service", "scale", &format!("{SERVICE}=6")]);
     converged(&cluster, "scale to 6", 6, "shoal/demo:1.0", &[&app1, &app2]);
+    tasks_reach_the_service_by_name_on_every_node(&client, &url, &[&app1, &app2]);
     cluster.shoal_ok(&["node", "update", "--availability", "drain", &app2]);
     converged(&cluster, "drain of node-2", 6, "shoal/demo:1.0", &[&app1]);
     std::thread::sleep(Duration::from_secs(1));
@@ -158,6 +166,18 @@ fn no_request_fails_through_an_update_a_rollback_a_scale_and_a_drain() {
     assert!(total >= 20_000, "only {total} requests were sent (the issue asks for at least 20,000)");
 
     host_mode_publishes_only_where_the_task_runs(&cluster, &client);
+}
+
+/// From inside a task (the demo's `/fetch`, reached through the published
+/// port): `http://web/` resolves by the agent's DNS to the VIP, which
+/// balances over the service's tasks on every node.
+fn tasks_reach_the_service_by_name_on_every_node(client: &str, url: &str, nodes: &[&str]) {
+    let fetch = format!("{url}fetch?url=http://{SERVICE}/");
+    let summary = Load::start(client, &fetch, &["--concurrency", "2", "--duration", "2s"]).wait();
+    assert_eq!(summary["failures"], 0, "fetching http://{SERVICE}/ from inside tasks: {summary:#}");
+    let reached: Vec<&str> =
+        summary["nodes"].as_object().map(|m| m.keys().map(String::as_str).collect()).unwrap_or_default();
+    assert_eq!(reached, nodes, "tasks fetching http://{SERVICE}/ reached tasks on every node: {summary:#}");
 }
 
 /// `mode: host`: the port answers on the node running the task, and on no other.

@@ -2,11 +2,10 @@
 //! published on a port of `shoal up`, HTTP requests in a loop against it,
 //! and a rolling update underneath.
 //!
-//! The goal is not one failed request. Measured today: 0 in most runs of
-//! about 22,000 requests, sometimes 1–2 connections reset by a stopping
-//! task (cause not yet found; see the routing-mesh issue). The assertion
-//! holds the line at 1 in 2,000 — before the draining handshake and the
-//! conntrack/ARP hygiene it was about 1 in 150 — and prints every failure.
+//! Expected: not one failed request (about 20,000 per run; the failures
+//! a run sees are printed with the step, client port and time, the trail
+//! to follow if one ever shows). The multi-node version of this promise,
+//! with a rollback, scaling and a drain too, is `tests/mesh.rs`.
 //!
 //! Needs root (task network namespaces, nftables), as CI runs.
 
@@ -157,7 +156,7 @@ fn assert_root() {
 }
 
 #[test]
-fn a_rolling_update_under_load_fails_at_most_one_request_in_two_thousand() {
+fn a_rolling_update_under_load_fails_not_one_request() {
     assert_root();
     let up = Up::start();
     assert!(
@@ -215,11 +214,11 @@ fn a_rolling_update_under_load_fails_at_most_one_request_in_two_thousand() {
         failures.len()
     );
     assert!(old > 0 && new > 0, "the load saw both versions");
-    let total = answers.len() + failures.len();
     assert!(
-        failures.len() * 2000 <= total,
-        "{} of {total} requests failed during the update: {:?}",
+        failures.is_empty(),
+        "{} of {} requests failed during the update: {:?}",
         failures.len(),
+        answers.len() + failures.len(),
         &failures[..failures.len().min(5)]
     );
 }

@@ -19,15 +19,18 @@
 //! - `input-guard` (filter, input): with `route_localnet` on (needed for
 //!   127.0.0.1:published), drops packets from elsewhere addressed to
 //!   127.0.0.0/8 unless we DNATed them, as kube-proxy does.
-//! - per VIP: `svc-<service>-any` picks an `ep-<service>-any-<address>`
-//!   chain, which DNATs to the address and keeps the port (backends reached
-//!   through a mapped host port are left out: only declared ports map);
-//! - per service port: `svc-<service>-<proto>-<target>` picks a backend with
-//!   `numgen random mod N vmap { 0 : goto ep-…, … }` (`reject` when it has none:
-//!   a refused connection, not a hang);
-//! - per backend: `ep-<service>-<proto>-<target>-<address>` marks hairpin
-//!   and same-node traffic for masquerade and DNATs to `address:target`
-//!   (a host-network task: `…-<address>-<host port>`, DNAT to `address:host port`);
+//! - per service port: `svc-<service>-<proto>-<target>` marks same-node
+//!   and hairpin traffic for masquerade, then picks a backend and DNATs to
+//!   it in one rule, `meta l4proto tcp dnat ip addr . port to numgen random
+//!   mod N map { 0 : address . port, … }` (a host-network task's port is
+//!   its mapped host port; `reject` when there is no backend: a refused
+//!   connection, not a hang). No chain per backend, unlike kube-proxy: the
+//!   table stays a few chains per service, and `nft` reads every chain of
+//!   the table before each change, so one backend change stays quick at
+//!   thousands of services;
+//! - per VIP: `svc-<service>-any`, the same with `dnat to numgen … map
+//!   { 0 : address, … }`, keeping the port (backends reached through a
+//!   mapped host port are left out: only declared ports map);
 //! - per published port: `np-<service>-<proto>-<published>` marks for
 //!   masquerade and goes to the service chain (ingress), or to this node's
 //!   own backends only (host mode; absent on nodes running none).
@@ -150,74 +153,52 @@ impl Ruleset {
                 PortProtocol::Tcp => "tcp",
                 PortProtocol::Udp => "udp",
             };
-            let base = format!("{service}-{proto}-{}", port.target);
-            let endpoint_chains: Vec<(String, bool)> = backends
+            // Host-network tasks share their node's address: told apart by their host port.
+            let targets: Vec<Target> = backends
                 .iter()
-                .map(|(addr, backend)| {
-                    // Host-network tasks share their node's address: told apart by their host port.
-                    let to = backend.port(port.target);
-                    let name = match to == port.target {
-                        true => format!("ep-{base}-{addr}"),
-                        false => format!("ep-{base}-{addr}-{to}"),
-                    };
-                    let mut rules = vec![format!("ip saddr {addr} jump mark-for-masquerade")];
-                    if let Some(subnet) = local.subnet.filter(|s| s.contains(addr)) {
-                        rules = vec![format!("ip saddr {subnet} jump mark-for-masquerade")];
-                    }
-                    rules.push(format!("meta l4proto {proto} dnat to {addr}:{to}"));
-                    self.chains.insert(name.clone(), Chain { hook: None, rules });
-                    (name, backend.node == local.name)
+                .map(|(addr, backend)| Target {
+                    addr: *addr,
+                    port: Some(backend.port(port.target)),
+                    local: backend.node == local.name,
                 })
                 .collect();
-            let all: Vec<&str> = endpoint_chains.iter().map(|(n, _)| n.as_str()).collect();
-            let service_chain = format!("svc-{base}");
+            let service_chain = format!("svc-{service}-{proto}-{}", port.target);
             if (vip.is_some() || port.publish_mode == PublishMode::Ingress) && seen.insert((proto, port.target)) {
-                self.chains.insert(service_chain.clone(), Chain { hook: None, rules: vec![pick(&all)] });
+                self.chains
+                    .insert(service_chain.clone(), Chain { hook: None, rules: balance(Some(proto), &targets, local) });
                 if let Some(vip) = vip {
                     self.element(SERVICE_IPS, format!("{vip} . {proto} . {}", port.target), &service_chain);
                 }
             }
             let Some(published) = port.published else { continue };
             let node_port = format!("np-{service}-{proto}-{published}");
-            let target = match port.publish_mode {
-                PublishMode::Ingress => format!("goto {service_chain}"),
+            let mut rules = vec!["jump mark-for-masquerade".to_string()];
+            match port.publish_mode {
+                PublishMode::Ingress => rules.push(format!("goto {service_chain}")),
                 PublishMode::Host => {
-                    let here: Vec<&str> =
-                        endpoint_chains.iter().filter(|(_, mine)| *mine).map(|(n, _)| n.as_str()).collect();
+                    let here: Vec<Target> = targets.iter().filter(|t| t.local).cloned().collect();
                     if here.is_empty() {
                         continue;
                     }
-                    pick(&here)
+                    rules.extend(balance(Some(proto), &here, local));
                 }
-            };
-            self.chains.insert(
-                node_port.clone(),
-                Chain { hook: None, rules: vec!["jump mark-for-masquerade".into(), target] },
-            );
+            }
+            self.chains.insert(node_port.clone(), Chain { hook: None, rules });
             self.element(SERVICE_NODEPORTS, format!("{proto} . {published}"), &node_port);
         }
     }
 
     /// `svc-<service>-any`: every port of `vip` the service does not
-    /// declare, DNATed to the same port of a backend.
+    /// declare, DNATed to the same port of a backend (backends reached
+    /// through a mapped host port are left out: only declared ports map).
     fn add_any_port(&mut self, service: &str, vip: Ipv4Addr, backends: &[(Ipv4Addr, &Backend)], local: &LocalNode) {
-        let chains: Vec<String> = backends
+        let targets: Vec<Target> = backends
             .iter()
             .filter(|(_, backend)| backend.ports.is_empty())
-            .map(|(addr, _)| {
-                let name = format!("ep-{service}-any-{addr}");
-                let masquerade = match local.subnet.filter(|s| s.contains(addr)) {
-                    Some(subnet) => format!("ip saddr {subnet} jump mark-for-masquerade"),
-                    None => format!("ip saddr {addr} jump mark-for-masquerade"),
-                };
-                self.chains
-                    .insert(name.clone(), Chain { hook: None, rules: vec![masquerade, format!("dnat to {addr}")] });
-                name
-            })
+            .map(|(addr, backend)| Target { addr: *addr, port: None, local: backend.node == local.name })
             .collect();
-        let all: Vec<&str> = chains.iter().map(String::as_str).collect();
         let service_chain = format!("svc-{service}-any");
-        self.chains.insert(service_chain.clone(), Chain { hook: None, rules: vec![pick(&all)] });
+        self.chains.insert(service_chain.clone(), Chain { hook: None, rules: balance(None, &targets, local) });
         self.element(SERVICE_VIPS, vip.to_string(), &service_chain);
     }
 
@@ -282,13 +263,51 @@ impl Ruleset {
     }
 }
 
-/// The rule choosing one of `chains` at random (`reject` when there is none).
-fn pick(chains: &[&str]) -> String {
-    if chains.is_empty() {
-        return "reject".into();
+/// One backend as a DNAT target: its address, the port (None: the
+/// packet's own), and whether it runs on this node.
+#[derive(Debug, Clone)]
+struct Target {
+    addr: Ipv4Addr,
+    port: Option<u16>,
+    local: bool,
+}
+
+/// The rules sending a new connection to one of `targets` at random:
+/// first marked for masquerade where replies must come back through this
+/// node (from a task of this node's subnet to a backend in it; from a
+/// backend to itself through the VIP), then DNATed through an anonymous
+/// map — no chain per backend, so the table stays small and `nft` has few
+/// chains to read before each change. `reject` when there is none: a
+/// refused connection, not a hang.
+fn balance(proto: Option<&str>, targets: &[Target], local: &LocalNode) -> Vec<String> {
+    if targets.is_empty() {
+        return vec!["reject".into()];
     }
-    let arms: Vec<String> = chains.iter().enumerate().map(|(i, c)| format!("{i} : goto {c}")).collect();
-    format!("numgen random mod {} vmap {{ {} }}", chains.len(), arms.join(", "))
+    let mut rules = Vec::new();
+    let subnet = local.subnet.filter(|s| targets.iter().any(|t| s.contains(&t.addr)));
+    if let Some(subnet) = subnet {
+        rules.push(format!("ip saddr {subnet} jump mark-for-masquerade"));
+    }
+    let hairpins: BTreeSet<String> =
+        targets.iter().filter(|t| !subnet.is_some_and(|s| s.contains(&t.addr))).map(|t| t.addr.to_string()).collect();
+    if !hairpins.is_empty() {
+        let set = hairpins.into_iter().collect::<Vec<_>>().join(", ");
+        rules.push(format!("ip saddr {{ {set} }} jump mark-for-masquerade"));
+    }
+    let arms: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match t.port {
+            Some(port) => format!("{i} : {} . {port}", t.addr),
+            None => format!("{i} : {}", t.addr),
+        })
+        .collect();
+    let map = format!("numgen random mod {} map {{ {} }}", targets.len(), arms.join(", "));
+    rules.push(match proto {
+        Some(proto) => format!("meta l4proto {proto} dnat ip addr . port to {map}"),
+        None => format!("dnat to {map}"),
+    });
+    rules
 }
 
 /// A service name usable in a chain name: kept when plain, else hashed.

@@ -39,10 +39,6 @@ table ip shoal {
 \tmap service-nodeports { type inet_proto . inet_service : verdict; }
 \tmap service-vips { type ipv4_addr : verdict; }
 }
-add chain ip shoal ep-web-any-10.200.1.2
-add chain ip shoal ep-web-any-10.200.2.2
-add chain ip shoal ep-web-tcp-80-10.200.1.2
-add chain ip shoal ep-web-tcp-80-10.200.2.2
 add chain ip shoal input-guard { type filter hook input priority filter; policy accept; }
 add chain ip shoal mark-for-masquerade
 add chain ip shoal nodeports
@@ -53,14 +49,6 @@ add chain ip shoal prerouting { type nat hook prerouting priority dstnat; policy
 add chain ip shoal services
 add chain ip shoal svc-web-any
 add chain ip shoal svc-web-tcp-80
-add rule ip shoal ep-web-any-10.200.1.2 ip saddr 10.200.1.0/24 jump mark-for-masquerade
-add rule ip shoal ep-web-any-10.200.1.2 dnat to 10.200.1.2
-add rule ip shoal ep-web-any-10.200.2.2 ip saddr 10.200.2.2 jump mark-for-masquerade
-add rule ip shoal ep-web-any-10.200.2.2 dnat to 10.200.2.2
-add rule ip shoal ep-web-tcp-80-10.200.1.2 ip saddr 10.200.1.0/24 jump mark-for-masquerade
-add rule ip shoal ep-web-tcp-80-10.200.1.2 meta l4proto tcp dnat to 10.200.1.2:80
-add rule ip shoal ep-web-tcp-80-10.200.2.2 ip saddr 10.200.2.2 jump mark-for-masquerade
-add rule ip shoal ep-web-tcp-80-10.200.2.2 meta l4proto tcp dnat to 10.200.2.2:80
 add rule ip shoal input-guard iifname != \"lo\" ip daddr 127.0.0.0/8 ct status ! dnat drop
 add rule ip shoal mark-for-masquerade meta mark set meta mark | 0x00100000
 add rule ip shoal nodeports meta l4proto . th dport vmap @service-nodeports
@@ -72,8 +60,12 @@ add rule ip shoal prerouting jump services
 add rule ip shoal services ip daddr . meta l4proto . th dport vmap @service-ips
 add rule ip shoal services ip daddr vmap @service-vips
 add rule ip shoal services fib daddr type local jump nodeports
-add rule ip shoal svc-web-any numgen random mod 2 vmap { 0 : goto ep-web-any-10.200.1.2, 1 : goto ep-web-any-10.200.2.2 }
-add rule ip shoal svc-web-tcp-80 numgen random mod 2 vmap { 0 : goto ep-web-tcp-80-10.200.1.2, 1 : goto ep-web-tcp-80-10.200.2.2 }
+add rule ip shoal svc-web-any ip saddr 10.200.1.0/24 jump mark-for-masquerade
+add rule ip shoal svc-web-any ip saddr { 10.200.2.2 } jump mark-for-masquerade
+add rule ip shoal svc-web-any dnat to numgen random mod 2 map { 0 : 10.200.1.2, 1 : 10.200.2.2 }
+add rule ip shoal svc-web-tcp-80 ip saddr 10.200.1.0/24 jump mark-for-masquerade
+add rule ip shoal svc-web-tcp-80 ip saddr { 10.200.2.2 } jump mark-for-masquerade
+add rule ip shoal svc-web-tcp-80 meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : 10.200.1.2 . 80, 1 : 10.200.2.2 . 80 }
 add element ip shoal service-ips { 10.96.0.10 . tcp . 80 : goto svc-web-tcp-80 }
 add element ip shoal service-nodeports { tcp . 31080 : goto np-web-tcp-31080 }
 add element ip shoal service-vips { 10.96.0.10 : goto svc-web-any }
@@ -94,13 +86,11 @@ fn removing_a_backend_rewrites_only_that_services_chains() {
         before.diff(&after, "shoal"),
         "\
 flush chain ip shoal svc-web-any
-add rule ip shoal svc-web-any numgen random mod 1 vmap { 0 : goto ep-web-any-10.200.1.2 }
+add rule ip shoal svc-web-any ip saddr 10.200.1.0/24 jump mark-for-masquerade
+add rule ip shoal svc-web-any dnat to numgen random mod 1 map { 0 : 10.200.1.2 }
 flush chain ip shoal svc-web-tcp-80
-add rule ip shoal svc-web-tcp-80 numgen random mod 1 vmap { 0 : goto ep-web-tcp-80-10.200.1.2 }
-flush chain ip shoal ep-web-any-10.200.2.2
-delete chain ip shoal ep-web-any-10.200.2.2
-flush chain ip shoal ep-web-tcp-80-10.200.2.2
-delete chain ip shoal ep-web-tcp-80-10.200.2.2
+add rule ip shoal svc-web-tcp-80 ip saddr 10.200.1.0/24 jump mark-for-masquerade
+add rule ip shoal svc-web-tcp-80 meta l4proto tcp dnat ip addr . port to numgen random mod 1 map { 0 : 10.200.1.2 . 80 }
 "
     );
     assert_eq!(after.diff(&after, "shoal"), "", "no change, no transaction");
@@ -134,10 +124,6 @@ add element ip shoal service-ips { 10.96.0.12 . udp . 11211 : goto svc-cache-udp
 delete element ip shoal service-nodeports { tcp . 31080 }
 delete element ip shoal service-vips { 10.96.0.10 }
 add element ip shoal service-vips { 10.96.0.12 : goto svc-cache-any }
-flush chain ip shoal ep-web-any-10.200.1.2
-delete chain ip shoal ep-web-any-10.200.1.2
-flush chain ip shoal ep-web-tcp-80-10.200.1.2
-delete chain ip shoal ep-web-tcp-80-10.200.1.2
 flush chain ip shoal np-web-tcp-31080
 delete chain ip shoal np-web-tcp-31080
 flush chain ip shoal svc-web-any
@@ -155,7 +141,12 @@ fn host_mode_ports_answer_only_on_nodes_running_a_backend() {
     let here = Ruleset::desired(&[host(&[("n1", "10.200.1.5"), ("n2", "10.200.2.5")])], &local());
     assert_eq!(
         here.chains["np-edge-tcp-8080"].rules,
-        ["jump mark-for-masquerade", "numgen random mod 1 vmap { 0 : goto ep-edge-tcp-80-10.200.1.5 }"]
+        [
+            "jump mark-for-masquerade",
+            "ip saddr 10.200.1.0/24 jump mark-for-masquerade",
+            "meta l4proto tcp dnat ip addr . port to numgen random mod 1 map { 0 : 10.200.1.5 . 80 }"
+        ],
+        "this node's backend only"
     );
     assert_eq!(here.maps[SERVICE_NODEPORTS]["tcp . 8080"], "goto np-edge-tcp-8080");
     assert!(
@@ -178,9 +169,14 @@ fn dnsrr_services_get_no_vip_and_odd_names_are_hashed() {
     dnsrr.spec.endpoint_mode = EndpointMode::Dnsrr;
     let set = Ruleset::desired(&[Arc::new(dnsrr)], &local());
     assert!(set.maps[SERVICE_IPS].is_empty());
-    let names: Vec<&String> = set.chains.keys().filter(|n| n.starts_with("ep-")).collect();
-    assert_eq!(names.len(), 1, "the non-IPv4 backend is left out: {names:?}");
-    assert!(names[0].starts_with("ep-h") && !names[0].contains("my.svc"), "{names:?}");
+    let names: Vec<&String> = set.chains.keys().filter(|n| n.starts_with("svc-")).collect();
+    assert_eq!(names.len(), 1, "one service port, no VIP chain: {names:?}");
+    assert!(names[0].starts_with("svc-h") && !names[0].contains("my.svc"), "{names:?}");
+    let rules = &set.chains[names[0]].rules;
+    assert!(
+        rules.last().unwrap().contains("mod 1 map { 0 : 10.200.1.3 . 80 }"),
+        "the non-IPv4 backend is left out: {rules:?}"
+    );
 }
 
 #[test]
@@ -189,6 +185,10 @@ fn host_network_tasks_on_one_node_are_told_apart_by_their_host_ports() {
     e.spec.backends[0].ports = [(80, 41000)].into();
     e.spec.backends[1].ports = [(80, 41001)].into();
     let set = Ruleset::desired(&[Arc::new(e)], &local());
-    assert_eq!(set.chains["ep-web-tcp-80-192.0.2.2-41000"].rules[1], "meta l4proto tcp dnat to 192.0.2.2:41000");
-    assert_eq!(set.chains["ep-web-tcp-80-192.0.2.2-41001"].rules[1], "meta l4proto tcp dnat to 192.0.2.2:41001");
+    assert_eq!(
+        set.chains["svc-web-tcp-80"].rules.last().unwrap(),
+        "meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : 192.0.2.2 . 41000, 1 : 192.0.2.2 . 41001 }"
+    );
+    let any = &set.chains["svc-web-any"].rules;
+    assert_eq!(any, &["reject"], "mapped tasks take declared ports only: {any:?}");
 }

@@ -6,8 +6,8 @@
 //! connection (`Connection: close`) or, with `--keepalive`, on one
 //! persistent connection. It runs for `--duration` or until SIGTERM /
 //! Ctrl-C, then prints one JSON summary: requests, failures (each with its
-//! time, step and client port), answers per demo version and task, and
-//! latency percentiles.
+//! time, step and client port), answers per demo version and node, the
+//! number of tasks that answered, and latency percentiles.
 //!
 //! # Keep-alive and retries
 //! A server may close an idle persistent connection at any moment (the
@@ -69,6 +69,7 @@ struct Tally {
     errors: Vec<String>,
     versions: BTreeMap<String, u64>,
     tasks: BTreeMap<String, u64>,
+    nodes: BTreeMap<String, u64>,
     latencies_us: Vec<u32>,
 }
 
@@ -236,6 +237,7 @@ fn record(tally: &mut Tally, body: &str, latency: Duration) {
     let field = |name: &str| answer.get(name).and_then(Value::as_str).unwrap_or("?").to_string();
     *tally.versions.entry(field("version")).or_default() += 1;
     *tally.tasks.entry(field("task")).or_default() += 1;
+    *tally.nodes.entry(field("node")).or_default() += 1;
 }
 
 fn merge(total: &mut Tally, part: Tally) {
@@ -249,6 +251,9 @@ fn merge(total: &mut Tally, part: Tally) {
     }
     for (task, n) in part.tasks {
         *total.tasks.entry(task).or_default() += n;
+    }
+    for (node, n) in part.nodes {
+        *total.nodes.entry(node).or_default() += n;
     }
 }
 
@@ -279,6 +284,7 @@ fn summary(mut tally: Tally, elapsed: Duration, args: &LoadArgs) -> Value {
         "latencyMs": { "p50": percentile(0.50), "p99": percentile(0.99), "max": percentile(1.0) },
         "versions": tally.versions,
         "tasks": tally.tasks.len(),
+        "nodes": tally.nodes,
         "errors": &tally.errors[..tally.errors.len().min(ERRORS_SHOWN)],
     })
 }
