@@ -1,6 +1,8 @@
 //! The promise of the routing mesh, checked as a user would: a service
 //! published on a port of `shoal up`, HTTP requests in a loop against it,
-//! and a rolling update underneath.
+//! and a rolling update underneath — then a `secret rotate` of the secret
+//! it reads (the demo reports the size of its secret file: 3 bytes before,
+//! 7 after), which rolls the tasks the same way.
 //!
 //! Expected: not one failed request (about 20,000 per run; the failures
 //! a run sees are printed with the step, client port and time, the trail
@@ -53,6 +55,23 @@ impl Up {
             .stdin(Stdio::null())
             .output()
             .unwrap()
+    }
+
+    /// `shoal ARGS…` with `input` on its standard input; its stdout.
+    fn shoal_stdin(&self, args: &[&str], input: &[u8]) -> String {
+        use std::io::Write;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
+            .args(["--etcd-endpoints", &self.endpoint])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "shoal {args:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn shoal_ok(&self, args: &[&str]) -> String {
@@ -156,7 +175,7 @@ fn assert_root() {
 }
 
 #[test]
-fn a_rolling_update_under_load_fails_not_one_request() {
+fn a_rolling_update_and_a_secret_rotation_under_load_fail_not_one_request() {
     assert_root();
     let up = Up::start();
     assert!(
@@ -165,11 +184,16 @@ fn a_rolling_update_under_load_fails_not_one_request() {
         up.log()
     );
     let published = free_port();
+    up.shoal_stdin(&["secret", "create", "db-password", "-"], b"old");
     up.shoal_ok(&[
         "service",
         "create",
         "--name",
         "web",
+        "--secret",
+        "db-password",
+        "-e",
+        "DEMO_SECRET_FILE=/run/secrets/db-password",
         "--replicas",
         "4",
         "-p",
@@ -217,6 +241,33 @@ fn a_rolling_update_under_load_fails_not_one_request() {
     assert!(
         failures.is_empty(),
         "{} of {} requests failed during the update: {:?}",
+        failures.len(),
+        answers.len() + failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+
+    // The secret rotates the same way: a rolling update, under load.
+    let load = Load::start(addr);
+    std::thread::sleep(Duration::from_millis(500));
+    up.shoal_stdin(&["secret", "rotate", "db-password", "-"], b"rotated");
+    let rotated = wait_until(Duration::from_secs(90), || {
+        up.running_images("web").len() == 4
+            && (0..8).all(|_| http_get(addr).is_some_and(|b| b.contains("\"secret_bytes\":7")))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (answers, failures) = load.stop();
+    assert!(rotated, "the tasks never all read the new secret:\n{}", up.shoal_ok(&["service", "ps", "web"]));
+    let old = answers.iter().filter(|b| b.contains("\"secret_bytes\":3")).count();
+    let new = answers.iter().filter(|b| b.contains("\"secret_bytes\":7")).count();
+    eprintln!(
+        "during the secret rotation: {} answers ({old} with the old value, {new} with the new), {} failures",
+        answers.len(),
+        failures.len()
+    );
+    assert!(old > 0 && new > 0, "the load saw both values");
+    assert!(
+        failures.is_empty(),
+        "{} of {} requests failed during the secret rotation: {:?}",
         failures.len(),
         answers.len() + failures.len(),
         &failures[..failures.len().min(5)]
