@@ -19,6 +19,8 @@
 //!   (debounced), record the programmed revision.
 //! - [`userspace`]: for agents that are not root: the agent proxies every
 //!   published port itself (TCP and UDP, round-robin); no VIPs.
+//! - [`layered`]: two planes as one (IPVS plus the userspace proxy on
+//!   loopback, since IPVS cannot serve `127.0.0.1:<published>`).
 //! - [`fake`]: a recording data plane for tests of the sync logic.
 //!
 //! Not yet: DNS, and the stopping
@@ -29,6 +31,7 @@ pub mod conformance;
 pub mod drain;
 pub mod fake;
 pub mod ipvs;
+pub mod layered;
 pub mod nftables;
 pub mod routes;
 pub mod ruleset;

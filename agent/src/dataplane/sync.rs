@@ -55,8 +55,12 @@ pub fn start_for(store: &Store, config: &crate::config::AgentConfig) -> Option<D
             None
         }
         DataPlaneMode::Ipvs => {
-            tracing::info!(node = %config.name, "IPVS data plane: virtual servers over netlink, VIPs on shoal-ipvs0");
-            let dataplane = Box::new(super::IpvsDataPlane::new());
+            tracing::info!(node = %config.name, "IPVS data plane: virtual servers over netlink, VIPs on shoal-ipvs0; published ports on 127.0.0.1 by the userspace proxy");
+            let loopback = vec![std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)];
+            let dataplane = Box::new(super::layered::Layered::new(vec![
+                Box::new(super::IpvsDataPlane::new()),
+                Box::new(super::UserspaceDataPlane::new(tokio::runtime::Handle::current(), loopback)),
+            ]));
             Some(DataPlaneLoop::start(store.clone(), config.name.clone(), config.task_subnet, dataplane))
         }
         DataPlaneMode::Userspace => {
