@@ -19,15 +19,17 @@
 //! - `input-guard` (filter, input): with `route_localnet` on (needed for
 //!   127.0.0.1:published), drops packets from elsewhere addressed to
 //!   127.0.0.0/8 unless we DNATed them, as kube-proxy does.
-//! - per service port: `svc-<service>-<proto>-<target>` marks same-node
-//!   and hairpin traffic for masquerade, then picks a backend and DNATs to
-//!   it in one rule, `meta l4proto tcp dnat ip addr . port to numgen random
-//!   mod N map { 0 : address . port, … }` (a host-network task's port is
-//!   its mapped host port; `reject` when there is no backend: a refused
-//!   connection, not a hang). No chain per backend, unlike kube-proxy: the
-//!   table stays a few chains per service, and `nft` reads every chain of
-//!   the table before each change, so one backend change stays quick at
-//!   thousands of services;
+//! - per service port: `svc-<service>-<proto>-<target>` marks traffic
+//!   from this node's task subnet for masquerade (when a backend is in it:
+//!   hairpin and same-node replies must come back through the bridge) and
+//!   from this node's other backends (a task reaching itself),
+//!   then picks a backend and DNATs to it in one rule, `meta l4proto tcp
+//!   dnat ip addr . port to numgen random mod N map { 0 : address . port,
+//!   … }` (a host-network task's port is its mapped host port; `reject`
+//!   when there is no backend: a refused connection, not a hang). No chain
+//!   per backend, unlike kube-proxy: the table stays a few chains per
+//!   service, and `nft` reads the whole table before each change, so one
+//!   backend change stays quick at thousands of services;
 //! - per VIP: `svc-<service>-any`, the same with `dnat to numgen … map
 //!   { 0 : address, … }`, keeping the port (backends reached through a
 //!   mapped host port are left out: only declared ports map);
@@ -274,9 +276,8 @@ struct Target {
 
 /// The rules sending a new connection to one of `targets` at random:
 /// first marked for masquerade where replies must come back through this
-/// node (from a task of this node's subnet to a backend in it; from a
-/// backend to itself through the VIP), then DNATed through an anonymous
-/// map — no chain per backend, so the table stays small and `nft` has few
+/// node (from a task of this node's subnet to a backend in it; from one
+/// of this node's backends to itself), then DNATed through an anonymous map — no chain per backend, so the table stays small and `nft` has few
 /// chains to read before each change. `reject` when there is none: a
 /// refused connection, not a hang.
 fn balance(proto: Option<&str>, targets: &[Target], local: &LocalNode) -> Vec<String> {
@@ -288,8 +289,13 @@ fn balance(proto: Option<&str>, targets: &[Target], local: &LocalNode) -> Vec<St
     if let Some(subnet) = subnet {
         rules.push(format!("ip saddr {subnet} jump mark-for-masquerade"));
     }
-    let hairpins: BTreeSet<String> =
-        targets.iter().filter(|t| !subnet.is_some_and(|s| s.contains(&t.addr))).map(|t| t.addr.to_string()).collect();
+    // This node's backends outside its subnet (none known yet, or the host
+    // network) may reach themselves through the VIP: a hairpin.
+    let hairpins: BTreeSet<String> = targets
+        .iter()
+        .filter(|t| t.local && !subnet.is_some_and(|s| s.contains(&t.addr)))
+        .map(|t| t.addr.to_string())
+        .collect();
     if !hairpins.is_empty() {
         let set = hairpins.into_iter().collect::<Vec<_>>().join(", ");
         rules.push(format!("ip saddr {{ {set} }} jump mark-for-masquerade"));

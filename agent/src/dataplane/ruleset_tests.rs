@@ -61,10 +61,8 @@ add rule ip shoal services ip daddr . meta l4proto . th dport vmap @service-ips
 add rule ip shoal services ip daddr vmap @service-vips
 add rule ip shoal services fib daddr type local jump nodeports
 add rule ip shoal svc-web-any ip saddr 10.200.1.0/24 jump mark-for-masquerade
-add rule ip shoal svc-web-any ip saddr { 10.200.2.2 } jump mark-for-masquerade
 add rule ip shoal svc-web-any dnat to numgen random mod 2 map { 0 : 10.200.1.2, 1 : 10.200.2.2 }
 add rule ip shoal svc-web-tcp-80 ip saddr 10.200.1.0/24 jump mark-for-masquerade
-add rule ip shoal svc-web-tcp-80 ip saddr { 10.200.2.2 } jump mark-for-masquerade
 add rule ip shoal svc-web-tcp-80 meta l4proto tcp dnat ip addr . port to numgen random mod 2 map { 0 : 10.200.1.2 . 80, 1 : 10.200.2.2 . 80 }
 add element ip shoal service-ips { 10.96.0.10 . tcp . 80 : goto svc-web-tcp-80 }
 add element ip shoal service-nodeports { tcp . 31080 : goto np-web-tcp-31080 }

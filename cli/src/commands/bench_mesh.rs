@@ -214,7 +214,8 @@ fn fixture(i: u32, backends: u32, published: Option<u16>) -> Arc<Endpoints> {
     let backends = (0..backends)
         .map(|b| Backend {
             task: format!("s{i}-{b}"),
-            node: "bench".into(),
+            // The bench service's task runs here; the others' elsewhere, as in a cluster.
+            node: if published.is_some() { "bench" } else { "elsewhere" }.into(),
             address: if published.is_some() { TASK_ADDRESS.into() } else { address(i * 16 + b + 2) },
             ports: BTreeMap::new(),
         })
