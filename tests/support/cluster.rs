@@ -41,6 +41,7 @@ pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
 /// Lease TTL of the controller's leader election.
 const CONTROLLER_LEASE_TTL: u64 = 2;
 /// Lines of each log shown in a state dump.
+/// (`SHOAL_TEST_LOG_TAIL=N` shows more, to dig into a failure.)
 const LOG_TAIL: usize = 40;
 
 /// One row of `shoal service ps -o json`: a task and its agent's observation.
@@ -602,7 +603,8 @@ fn tail(path: &Path) -> String {
 /// The last [`LOG_TAIL`] lines of `text`.
 fn tail_of(text: &str) -> String {
     let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n") + "\n"
+    let tail = std::env::var("SHOAL_TEST_LOG_TAIL").ok().and_then(|n| n.parse().ok()).unwrap_or(LOG_TAIL);
+    lines[lines.len().saturating_sub(tail)..].join("\n") + "\n"
 }
 
 /// Runs a command that must succeed.

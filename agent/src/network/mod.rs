@@ -7,7 +7,7 @@
 //!   node's task subnet, IP forwarding, and a masquerade rule for traffic
 //!   leaving the subnet, in an nftables table of its own.
 //! - [`task`]: one task's namespace (`shoal-<task id>`), veth pair (host end
-//!   on the bridge, `eth0` inside), address (the lowest free one of the
+//!   on the bridge, `eth0` inside), address (the next free one, in turn, of the
 //!   subnet, recorded in the task's `network.json` so a re-adopted task keeps
 //!   it) and default route via the bridge.
 //! - [`ports`]: on the host network instead, a free host port per target

@@ -118,10 +118,19 @@ pub(crate) fn forget_connections_of(address: &str) {
     }
 }
 
-/// The lowest address of `bridge`'s subnet that is neither the gateway nor
-/// in `taken` (network and broadcast addresses are never handed out).
-pub fn lowest_free(bridge: &Bridge, taken: &[Ipv4Addr]) -> Option<Ipv4Addr> {
-    bridge.subnet().hosts().find(|a| *a != bridge.gateway() && !taken.contains(a))
+/// The first address of `bridge`'s subnet after `after` (from the start
+/// when None), wrapping around, that is neither the gateway nor in `taken`
+/// (network and broadcast addresses are never handed out).
+///
+/// Handing addresses out in turn, as Docker's and Kubernetes' allocators
+/// do, rather than lowest first keeps a just-released address unused for as
+/// long as the subnet allows: other nodes may still hold connection-tracking
+/// state for the task that had it, which a new task at the same address
+/// would receive.
+pub fn next_free(bridge: &Bridge, taken: &[Ipv4Addr], after: Option<Ipv4Addr>) -> Option<Ipv4Addr> {
+    let free = |a: &Ipv4Addr| *a != bridge.gateway() && !taken.contains(a);
+    let later = bridge.subnet().hosts().filter(|a| after.is_some_and(|after| *a > after)).find(free);
+    later.or_else(|| bridge.subnet().hosts().find(free))
 }
 
 /// `shoal-<task id>`; ids that are not plain names (or are long) are hashed.
@@ -154,22 +163,24 @@ mod tests {
     }
 
     #[test]
-    fn addresses_are_handed_out_lowest_first_skipping_the_gateway() {
+    fn addresses_are_handed_out_in_turn_skipping_the_gateway() {
         let bridge = bridge("10.200.3.0/24");
         let a = |last| Ipv4Addr::new(10, 200, 3, last);
-        assert_eq!(lowest_free(&bridge, &[]), Some(a(2)));
-        assert_eq!(lowest_free(&bridge, &[a(2), a(3), a(5)]), Some(a(4)));
-        // A released address is reused before higher ones.
-        assert_eq!(lowest_free(&bridge, &[a(3)]), Some(a(2)));
+        assert_eq!(next_free(&bridge, &[], None), Some(a(2)));
+        assert_eq!(next_free(&bridge, &[a(2), a(3), a(5)], None), Some(a(4)));
+        // A released address is not reused while later ones are free…
+        assert_eq!(next_free(&bridge, &[a(3)], Some(a(3))), Some(a(4)));
+        // …and the turn wraps around at the end of the subnet.
+        assert_eq!(next_free(&bridge, &[a(2)], Some(a(254))), Some(a(3)));
     }
 
     #[test]
     fn a_full_subnet_has_no_free_address() {
         let bridge = bridge("10.0.0.0/30");
-        assert_eq!(lowest_free(&bridge, &[]), Some(Ipv4Addr::new(10, 0, 0, 2)));
-        assert_eq!(lowest_free(&bridge, &[Ipv4Addr::new(10, 0, 0, 2)]), None);
+        assert_eq!(next_free(&bridge, &[], None), Some(Ipv4Addr::new(10, 0, 0, 2)));
+        assert_eq!(next_free(&bridge, &[Ipv4Addr::new(10, 0, 0, 2)], Some(Ipv4Addr::new(10, 0, 0, 2))), None);
         let full: Vec<Ipv4Addr> = (2..=254).map(|n| Ipv4Addr::new(10, 200, 3, n)).collect();
-        assert_eq!(lowest_free(&self::bridge("10.200.3.0/24"), &full), None);
+        assert_eq!(next_free(&self::bridge("10.200.3.0/24"), &full, None), None);
     }
 
     #[test]

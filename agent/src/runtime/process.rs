@@ -5,7 +5,7 @@
 //!
 //! Networking: once the agent hands it the node's [`Bridge`]
 //! ([`ProcessRuntime::use_bridge`]), `prepare` takes the task's address
-//! (the lowest free one, recorded in `network.json`), `start` creates its
+//! (the next free one in turn, recorded in `network.json`), `start` creates its
 //! namespace and veth before the shim enters it, and `release` (once the
 //! task ended) or `remove` tears them down and frees the address. Without a bridge tasks share the host's network.
 //!
@@ -13,6 +13,7 @@
 //! `exit.json` and `/proc` (every 100 ms) rather than by `waitpid`.
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,7 +25,7 @@ use tokio::time::{sleep, timeout, Instant};
 use super::{exec, ExecOutput, Inspection, NetworkInfo, Runtime, RuntimeError, Started};
 use crate::files::{encode_payload, Content};
 use crate::network::ports::{self, PortTarget, PortsRecord};
-use crate::network::{task::lowest_free, Bridge, NetworkError, NetworkRecord};
+use crate::network::{task::next_free, Bridge, NetworkError, NetworkRecord};
 use crate::sys;
 use crate::taskdir::{self, ExitRecord, Launch, PidRecord, TaskDir};
 
@@ -44,8 +45,9 @@ pub struct ProcessRuntime {
     /// The node's bridge, once the task subnet is known.
     bridge: Arc<OnceLock<Bridge>>,
     /// Held while an address is chosen and recorded, so two tasks prepared
-    /// at once never take the same one. A `std` mutex: nothing awaits under it.
-    allocating: Arc<Mutex<()>>,
+    /// at once never take the same one; it holds the address handed out
+    /// last (the next one comes after it). A `std` mutex: nothing awaits under it.
+    allocating: Arc<Mutex<Option<Ipv4Addr>>>,
     /// Prepared tasks' config and secret contents, framed for the shim's
     /// stdin, until they start. Memory only: never on disk.
     payloads: Arc<Mutex<HashMap<String, Content>>>,
@@ -69,11 +71,12 @@ impl ProcessRuntime {
         self.bridge.get()
     }
 
-    /// The task's network record: the one it has, or a new one at the
-    /// lowest address no other task directory records.
+    /// The task's network record: the one it has, or a new one at the next
+    /// address (after the last handed out, or after the highest recorded
+    /// when the agent has just started) no other task directory records.
     fn allocate(&self, id: &str, dir: &TaskDir, bridge: &Bridge) -> Result<NetworkRecord, RuntimeError> {
         let prepare = |source| RuntimeError::Prepare { id: id.into(), source };
-        let _guard = self.allocating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = self.allocating.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(record) = dir.read_network().map_err(prepare)? {
             return Ok(record);
         }
@@ -83,10 +86,12 @@ impl ProcessRuntime {
                 taken.push(record.address.addr());
             }
         }
-        let address =
-            lowest_free(bridge, &taken).ok_or_else(|| network_error(id, NetworkError::Exhausted(bridge.subnet())))?;
+        let after = last.or_else(|| taken.iter().max().copied());
+        let address = next_free(bridge, &taken, after)
+            .ok_or_else(|| network_error(id, NetworkError::Exhausted(bridge.subnet())))?;
         let record = NetworkRecord::new(id, bridge, address);
         dir.write_network(&record).map_err(prepare)?;
+        *last = Some(address);
         Ok(record)
     }
 
@@ -379,7 +384,7 @@ mod tests {
     }
 
     #[test]
-    fn each_task_keeps_its_address_and_a_released_one_is_reused() {
+    fn each_task_keeps_its_address_and_a_released_one_waits_its_turn() {
         let data = tempfile::tempdir().unwrap();
         let runtime = ProcessRuntime::new(data.path().into(), vec![]);
         assert!(runtime.use_bridge(Bridge::new("shoal0", "10.200.3.0/24".parse().unwrap()).unwrap()));
@@ -401,11 +406,16 @@ mod tests {
         runtime.prepare("b", &launch(data.path()), vec![]).unwrap();
         assert_eq!(address("b"), vec!["10.200.3.3/24".to_string()]);
 
-        // Nothing was plumbed, so releasing runs no command; it frees the address.
+        // Nothing was plumbed, so releasing runs no command; it frees the
+        // address, which is handed out again only once the turn comes back.
         runtime.release("a").unwrap();
         assert_eq!(runtime.network("a"), NetworkInfo::default());
         runtime.prepare("c", &launch(data.path()), vec![]).unwrap();
-        assert_eq!(address("c"), vec!["10.200.3.2/24".to_string()]);
+        assert_eq!(address("c"), vec!["10.200.3.4/24".to_string()], "not the just-released .2");
+        let restarted = ProcessRuntime::new(data.path().into(), vec![]);
+        assert!(restarted.use_bridge(Bridge::new("shoal0", "10.200.3.0/24".parse().unwrap()).unwrap()));
+        restarted.prepare("d", &launch(data.path()), vec![]).unwrap();
+        assert_eq!(restarted.network("d").addresses, vec!["10.200.3.5/24".to_string()], "after the highest recorded");
     }
 
     #[test]
