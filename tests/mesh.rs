@@ -29,7 +29,7 @@ use support::Backend;
 const SERVICE: &str = "web";
 const PUBLISHED: u16 = 8080;
 /// The goal is 0 failed requests, met in every run since the data plane
-/// stopped deleting conntrack entries (9 of 9, about 1.3 million requests);
+/// stopped deleting conntrack entries (10 of 10, about 1.5 million requests);
 /// the single-node test once saw 2 resets by a stopping task in CI (cause
 /// open), so this one too holds the line at 1 in 5,000 rather than risk a
 /// red build on that rarer race, and prints every failure with the logs.

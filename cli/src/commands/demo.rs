@@ -50,6 +50,12 @@ pub struct DemoArgs {
     /// Read this file at start (e.g. /run/secrets/db-password); / reports its size, never its content.
     #[arg(long, env = "DEMO_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
+    /// After SIGTERM, keep serving this long, answering with `Connection:
+    /// close`, so keep-alive clients leave on an answer instead of meeting a
+    /// closed socket (new connections no longer arrive: the mesh drained
+    /// the task before the signal).
+    #[arg(long, env = "DEMO_CLOSE_DELAY", default_value = "500ms", value_parser = parse_duration_arg)]
+    pub close_delay: Duration,
     /// Once listening, write the address to this file (relative: in the
     /// task's working dir): with port 0 a probe finds the port there,
     /// `shoal demo probe http://$(cat FILE)/health`.
@@ -143,9 +149,12 @@ struct Demo {
     unhealthy_after: Option<Duration>,
     secret_bytes: Option<usize>,
     requests: AtomicU64,
+    /// SIGTERM arrived: answers close their connections.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
-/// Runs the demo server until SIGTERM/Ctrl-C (graceful: in-flight requests finish).
+/// Runs the demo server until SIGTERM/Ctrl-C (graceful: for `--close-delay`
+/// it still answers, closing each connection, then in-flight requests finish).
 pub async fn serve(args: DemoArgs) -> anyhow::Result<()> {
     if args.fail_start {
         bail!("refusing to start (--fail-start)");
@@ -173,12 +182,14 @@ pub async fn serve(args: DemoArgs) -> anyhow::Result<()> {
         unhealthy_after: args.unhealthy_after,
         secret_bytes,
         requests: AtomicU64::new(0),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     let app = Router::new()
         .route("/", get(whoami))
         .route("/health", get(health))
         .route("/resolve", get(resolve))
         .route("/fetch", get(fetch))
+        .layer(axum::middleware::map_response_with_state(demo.clone(), close_when_stopping))
         .with_state(demo.clone());
     let listen = on_host_port(args.listen);
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
@@ -186,8 +197,26 @@ pub async fn serve(args: DemoArgs) -> anyhow::Result<()> {
         write_addr_file(file, listener.local_addr()?)?;
     }
     tracing::info!(%listen, version = %demo.version, "demo serving");
-    axum::serve(listener, app).with_graceful_shutdown(crate::commands::serve::shutdown_signal()).await?;
+    let close_delay = args.close_delay;
+    let stopping = demo.clone();
+    let shutdown = async move {
+        crate::commands::serve::shutdown_signal().await;
+        stopping.stopping.store(true, Ordering::Relaxed);
+        tokio::time::sleep(close_delay).await;
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     Ok(())
+}
+
+/// Once stopping, every answer closes its connection.
+async fn close_when_stopping(
+    State(demo): State<Arc<Demo>>,
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    if demo.stopping.load(Ordering::Relaxed) {
+        response.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Writes `addr` to `file` whole (a rename), so a probe never reads half of it.
