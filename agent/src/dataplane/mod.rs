@@ -119,3 +119,23 @@ pub fn detect_kernel_mode() -> DataPlaneMode {
         DataPlaneMode::Nftables
     }
 }
+
+/// The backends of `spec` with an IPv4 address (the data planes program
+/// IPv4 only); any other is left out and logged.
+pub fn ipv4_backends(spec: &shoal_crd::EndpointsSpec) -> Vec<(std::net::Ipv4Addr, &shoal_crd::Backend)> {
+    spec.backends
+        .iter()
+        .filter_map(|b| match b.address.parse() {
+            Ok(address) => Some((address, b)),
+            Err(_) => {
+                tracing::warn!(service = %spec.service, task = %b.task, address = %b.address, "backend address is not IPv4: left out of the data plane");
+                None
+            }
+        })
+        .collect()
+}
+
+/// The service's VIP, when it is in vip mode and has an IPv4 one.
+pub fn ipv4_vip(spec: &shoal_crd::EndpointsSpec) -> Option<std::net::Ipv4Addr> {
+    spec.vip.as_deref().filter(|_| spec.endpoint_mode == shoal_crd::EndpointMode::Vip).and_then(|v| v.parse().ok())
+}

@@ -47,7 +47,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
-use shoal_crd::{Backend, EndpointMode, Endpoints, PortProtocol, PublishMode};
+use shoal_crd::{Backend, Endpoints, PortProtocol, PublishMode};
 
 /// The packet mark asking `postrouting` to masquerade (a bit kube-proxy's 0x4000 does not use).
 pub const MASQ_MARK: &str = "0x00100000";
@@ -130,22 +130,8 @@ impl Ruleset {
     fn add_service(&mut self, endpoints: &Endpoints, local: &LocalNode) {
         let spec = &endpoints.spec;
         let service = ident(if spec.service.is_empty() { &endpoints.metadata.name } else { &spec.service });
-        let backends: Vec<(Ipv4Addr, &Backend)> = spec
-            .backends
-            .iter()
-            .filter_map(|b| match b.address.parse::<Ipv4Addr>() {
-                Ok(addr) => Some((addr, b)),
-                Err(_) => {
-                    tracing::warn!(service = %spec.service, task = %b.task, address = %b.address, "backend address is not IPv4: left out of the data plane");
-                    None
-                }
-            })
-            .collect();
-        let vip = spec
-            .vip
-            .as_deref()
-            .filter(|_| spec.endpoint_mode == EndpointMode::Vip)
-            .and_then(|v| v.parse::<Ipv4Addr>().ok());
+        let backends = super::ipv4_backends(spec);
+        let vip = super::ipv4_vip(spec);
         if let Some(vip) = vip {
             self.add_any_port(&service, vip, &backends, local);
         }

@@ -1,7 +1,7 @@
 //! Golden text of the ruleset and of incremental diffs.
 
 use super::*;
-use shoal_crd::{Backend, EndpointPort, EndpointsSpec};
+use shoal_crd::{Backend, EndpointMode, EndpointPort, EndpointsSpec};
 
 fn local() -> LocalNode {
     LocalNode { name: "n1".into(), subnet: Some("10.200.1.0/24".parse().unwrap()) }

@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use shoal_crd::{EndpointMode, Endpoints, PortProtocol, PublishMode};
+use shoal_crd::{Endpoints, PortProtocol, PublishMode};
 
 use crate::dataplane::LocalNode;
 
@@ -119,22 +119,8 @@ impl Desired {
 
     fn add_service(&mut self, endpoints: &Endpoints, local: &LocalNode, node_addresses: &[Ipv4Addr]) {
         let spec = &endpoints.spec;
-        let backends: Vec<(Ipv4Addr, &shoal_crd::Backend)> = spec
-            .backends
-            .iter()
-            .filter_map(|b| match b.address.parse::<Ipv4Addr>() {
-                Ok(address) => Some((address, b)),
-                Err(_) => {
-                    tracing::warn!(service = %spec.service, task = %b.task, address = %b.address, "backend address is not IPv4: left out of the data plane");
-                    None
-                }
-            })
-            .collect();
-        let vip = spec
-            .vip
-            .as_deref()
-            .filter(|_| spec.endpoint_mode == EndpointMode::Vip)
-            .and_then(|v| v.parse::<Ipv4Addr>().ok());
+        let backends = crate::dataplane::ipv4_backends(spec);
+        let vip = crate::dataplane::ipv4_vip(spec);
         for port in &spec.ports {
             let protocol = match port.protocol {
                 PortProtocol::Tcp => Protocol::Tcp,
