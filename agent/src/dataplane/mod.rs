@@ -21,11 +21,13 @@
 //!   published port itself (TCP and UDP, round-robin); no VIPs.
 //! - [`layered`]: two planes as one (IPVS plus the userspace proxy on
 //!   loopback, since IPVS cannot serve `127.0.0.1:<published>`).
+//! - [`drain`]: the draining handshake: a stopping task waits until every
+//!   ready node has programmed the Endpoints revision without it
+//!   ([`sync::programmed_key`]).
 //! - [`fake`]: a recording data plane for tests of the sync logic.
 //!
-//! Not yet: DNS, and the stopping
-//! task's wait on other nodes' programmed revisions (the draining
-//! handshake; [`sync::programmed_key`] is what it will read).
+//! Service DNS lives beside this module, in `crate::dns`. Not built: an
+//! overlay (VXLAN) for nodes that are not on one L2 segment.
 
 pub mod conformance;
 pub mod drain;
