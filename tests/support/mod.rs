@@ -36,9 +36,32 @@ pub struct StoreUnderTest {
     env: Vec<(String, String)>,
 }
 
-/// A port that was free a moment ago.
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768–60999)
+/// and below shoal's auto-published range (30000–32767), so no outgoing
+/// connection, published port or self-connecting probe can take the port
+/// between the test choosing it and the process under test binding it.
+const TEST_PORTS: std::ops::Range<u16> = 15000..30000;
+
+/// The next port in [`TEST_PORTS`] that is free now. Each test process starts
+/// at an offset of its own and walks forward, so two tests of one process
+/// never receive the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding a loopback port").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(TEST_PORTS.end - TEST_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let port = TEST_PORTS.start + (NEXT.fetch_add(1, Ordering::SeqCst) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {TEST_PORTS:?}")
 }
 
 /// Path of the etcd binary, or the panic every etcd-backed test should show.
@@ -139,10 +162,9 @@ impl StoreUnderTest {
                 panic!("{:?} store exited with {status} before answering:\n{}", self.backend, self.log());
             }
             let listening = TcpStream::connect(("127.0.0.1", self.port)).is_ok();
-            // etcd accepts connections a moment before it serves; ask it.
-            if listening
-                && (self.backend == Backend::Embedded || self.etcdctl(&["get", "ready-probe"]).status.success())
-            {
+            // A store accepts connections a moment before it serves, and a
+            // listener is not proof that it is ours: ask it over the etcd API.
+            if listening && self.etcdctl(&["get", "ready-probe"]).status.success() {
                 return;
             }
             if Instant::now() > deadline {
