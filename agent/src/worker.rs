@@ -142,7 +142,7 @@ impl<R: Runtime> Worker<R> {
                 }
                 Step::Idle => {
                     if desired == TaskState::Remove {
-                        self.remove_files();
+                        self.remove_files().await;
                     }
                     if self.rx.changed().await.is_err() {
                         return;
@@ -390,7 +390,7 @@ impl<R: Runtime> Worker<R> {
     /// The process ended with `outcome`: stop probing, free its network, report.
     async fn finish(&mut self, task: &Task, exit: ExitRecord, (state, message): (TaskState, String)) {
         self.health = None;
-        if let Err(err) = self.ctx.runtime.release(&self.id) {
+        if let Err(err) = self.blocking(|runtime, id| runtime.release(id)).await {
             tracing::warn!(task = %self.id, error = %err, "cannot release the task's network");
         }
         self.observation.release_addresses();
@@ -403,15 +403,28 @@ impl<R: Runtime> Worker<R> {
             let last = self.last.clone();
             self.stop(last.as_deref()).await;
         }
-        self.remove_files();
+        self.remove_files().await;
         self.observation.delete().await;
         tracing::info!(task = %self.id, "task removed from this node");
     }
 
-    fn remove_files(&mut self) {
-        if let Err(err) = self.ctx.runtime.remove(&self.id) {
+    async fn remove_files(&mut self) {
+        if let Err(err) = self.blocking(|runtime, id| runtime.remove(id)).await {
             tracing::warn!(task = %self.id, error = %err, "cannot remove the task's files");
         }
+    }
+
+    /// Runs a runtime call that blocks (namespace teardown, `ip` and
+    /// `conntrack` processes, file removal) on tokio's blocking pool, so
+    /// it never stalls the async threads `shoal up` shares with its store.
+    async fn blocking(
+        &self,
+        call: impl FnOnce(&R, &str) -> Result<(), RuntimeError> + Send + 'static,
+    ) -> Result<(), RuntimeError> {
+        let (ctx, id) = (self.ctx.clone(), self.id.clone());
+        tokio::task::spawn_blocking(move || call(&ctx.runtime, &id)).await.unwrap_or_else(|join| {
+            Err(RuntimeError::Remove { id: self.id.clone(), source: std::io::Error::other(join.to_string()) })
+        })
     }
 
     /// Enters a new state: one log line, one observation write.

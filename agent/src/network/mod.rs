@@ -10,6 +10,8 @@
 //!   on the bridge, `eth0` inside), address (the next free one, in turn, of the
 //!   subnet, recorded in the task's `network.json` so a re-adopted task keeps
 //!   it) and default route via the bridge.
+//! - [`conntrack`]: the connections a task answers, read from the kernel's
+//!   tracking table; those that would outlive it are deleted with it.
 //! - [`ports`]: on the host network instead, a free host port per target
 //!   port of the task's service (`SHOAL_PORT_<target>`, `PORT`).
 //!
@@ -37,6 +39,7 @@
 //!   task holds an address any more: running tasks outlive the agent.
 
 pub mod bridge;
+pub mod conntrack;
 pub mod ports;
 pub mod task;
 

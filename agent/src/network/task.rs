@@ -96,42 +96,9 @@ impl NetworkRecord {
         if link_exists(&self.host_veth) {
             ip(&["link", "del", &self.host_veth]).or_else(already_gone)?;
         }
-        forget_connections_of(&self.address.addr().to_string());
+        super::conntrack::forget_connections_of(&self.address.addr().to_string());
         self.forget_neighbor();
         Ok(())
-    }
-}
-
-/// The TCP states a client's new SYN cannot reopen: an entry in one of them
-/// keeps its old DNAT, so one left for a vanished task would send a client
-/// that reuses the source port there. TIME_WAIT and CLOSE are left out on
-/// purpose: the kernel replaces such an entry itself when a new SYN arrives,
-/// and deleting it races with that — the dump-then-delete of `conntrack -D`
-/// can remove the *new* connection that just took the same original tuple,
-/// whose next packet is then DNATed afresh to a task that resets it.
-const STALE_TCP_STATES: [&str; 6] = ["SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK"];
-
-/// Deletes the connection-tracking entries whose replies came from
-/// `address`, a task that no longer exists, and that a new connection
-/// cannot replace by itself ([`STALE_TCP_STATES`], and UDP flows): a client
-/// that reuses a source port (Linux does on loopback) would otherwise revive
-/// an old entry and be DNATed to the vanished task (the connection times
-/// out), and the address may go to a new task next. Best effort: needs
-/// Debian's `conntrack`.
-pub(crate) fn forget_connections_of(address: &str) {
-    let tcp = STALE_TCP_STATES.iter().map(|state| vec!["-p", "tcp", "--state", state]);
-    for filter in tcp.chain([vec!["-p", "udp"]]) {
-        let result = std::process::Command::new("conntrack")
-            .arg("-D")
-            .args(&filter)
-            .args(["--reply-src", address])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
-        if let Err(err) = result {
-            tracing::debug!(address, error = %err, "conntrack not available; connection tracking of a removed task is left to expire");
-            return;
-        }
     }
 }
 
