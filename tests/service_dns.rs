@@ -27,13 +27,13 @@ use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use serde_json::Value;
-use support::cluster::TaskRow;
+use support::up::Up;
 use support::{quiet, wait_until};
 
 /// The store's port inside the test's namespace (nothing else listens there).
@@ -107,133 +107,67 @@ impl Drop for Netns {
     }
 }
 
-/// `shoal up` inside the namespace, stopped and cleaned up on drop.
-struct Up {
-    child: Child,
-    dir: tempfile::TempDir,
-    netns: Netns,
+/// `shoal up` inside `netns`, with the fake upstream; the stack and the
+/// plain service removed on drop.
+fn start_up(netns: &Netns) -> Up {
+    Up::builder()
+        .dir_prefix("shoal-dns-test-")
+        .in_netns(netns.path())
+        .store_port(STORE_PORT)
+        .log_filter("info,shoal_agent::dns=debug")
+        .env("SHOAL_DNS_UPSTREAM", UPSTREAM)
+        .failure_log_lines(80)
+        .on_drop(&["stack", "rm", "shop"])
+        .on_drop(&["service", "rm", "cache"])
+        .start()
 }
 
-impl Up {
-    fn start(netns: Netns) -> Up {
-        let dir = tempfile::Builder::new().prefix("shoal-dns-test-").tempdir().unwrap();
-        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", netns.path().display()))
-            .args(["--", env!("CARGO_BIN_EXE_shoal"), "up", "--listen", &format!("127.0.0.1:{STORE_PORT}")])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "info,shoal_agent::dns=debug")
-            .env("SHOAL_DNS_UPSTREAM", UPSTREAM)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting nsenter … shoal up");
-        Up { child, dir, netns }
-    }
-
-    fn shoal(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg(format!("--net={}", self.netns.path().display()))
-            .args(["--", env!("CARGO_BIN_EXE_shoal"), "--etcd-endpoints", &format!("http://127.0.0.1:{STORE_PORT}")])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn shoal_ok(&self, args: &[&str]) -> String {
-        let out = self.shoal(args);
-        assert!(out.status.success(), "shoal {args:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn log(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(80)..].join("\n")
-    }
-
-    /// The running tasks of `service`.
-    fn running(&self, service: &str) -> Vec<TaskRow> {
-        let json = self.shoal_ok(&["service", "ps", service, "-o", "json"]);
-        let rows: Vec<TaskRow> =
-            serde_json::from_str(&json).unwrap_or_else(|e| panic!("service ps -o json: {e}: {json}"));
-        rows.into_iter().filter(TaskRow::is_running).collect()
-    }
-
-    /// The addresses of the running tasks of `service`.
-    fn task_addresses(&self, service: &str) -> BTreeSet<String> {
-        self.running(service)
-            .iter()
-            .filter_map(|row| row.observation.as_ref()?.spec.addresses.first()?.split('/').next().map(str::to_string))
-            .collect()
-    }
-
-    /// `service inspect`'s Endpoints part.
-    fn endpoint(&self, service: &str) -> Value {
-        let json: Value = serde_json::from_str(&self.shoal_ok(&["service", "inspect", service, "-o", "json"])).unwrap();
-        json[0]["endpoint"].clone()
-    }
-
-    fn vip(&self, service: &str) -> String {
-        let endpoint = self.endpoint(service);
-        endpoint["vip"].as_str().unwrap_or_else(|| panic!("{service} has no VIP: {endpoint}")).to_string()
-    }
-
-    /// `GET path` on the published port, from inside the namespace: (status, body).
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
-        self.netns.run(move || {
-            let addr = SocketAddr::from(([127, 0, 0, 1], PUBLISHED));
-            let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-            stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-            stream.write_all(request.as_bytes()).ok()?;
-            let mut response = String::new();
-            stream.read_to_string(&mut response).ok()?;
-            let (head, body) = response.split_once("\r\n\r\n")?;
-            let status = head.split_whitespace().nth(1)?.parse().ok()?;
-            Some((status, body.to_string()))
-        })
-    }
-
-    /// What a `web` task's resolver gives for `name` (sorted), or its error.
-    fn resolve(&self, name: &str) -> Result<Vec<String>, String> {
-        let (status, body) = self.get(&format!("/resolve?name={name}")).ok_or("no answer on the published port")?;
-        let answer: Value = serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
-        if status != 200 {
-            return Err(format!("{status}: {answer}"));
-        }
-        let mut addresses: Vec<String> = answer["addresses"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|a| a.as_str().map(str::to_string))
-            .collect();
-        addresses.sort();
-        Ok(addresses)
-    }
+/// The addresses of the running tasks of `service`.
+fn task_addresses(up: &Up, service: &str) -> BTreeSet<String> {
+    up.running_tasks(service)
+        .iter()
+        .filter_map(|row| row.observation.as_ref()?.spec.addresses.first()?.split('/').next().map(str::to_string))
+        .collect()
 }
 
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.shoal(&["stack", "rm", "shop"]);
-        let _ = self.shoal(&["service", "rm", "cache"]);
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        if !wait_until(Duration::from_secs(15), || matches!(self.child.try_wait(), Ok(Some(_)))) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        support::cluster::kill_processes_under(self.dir.path());
-        std::thread::sleep(Duration::from_millis(200));
-        for entry in std::fs::read_dir(self.dir.path().join("data/agent/tasks")).into_iter().flatten().flatten() {
-            quiet(&["ip", "netns", "del", &format!("shoal-{}", entry.file_name().to_string_lossy())]);
-        }
-        // The test's namespace (bridge, veths, tables) goes with `self.netns`.
+/// `service inspect`'s Endpoints part.
+fn service_endpoint(up: &Up, service: &str) -> Value {
+    let json: Value = serde_json::from_str(&up.shoal_ok(&["service", "inspect", service, "-o", "json"])).unwrap();
+    json[0]["endpoint"].clone()
+}
+
+fn vip(up: &Up, service: &str) -> String {
+    let endpoint = service_endpoint(up, service);
+    endpoint["vip"].as_str().unwrap_or_else(|| panic!("{service} has no VIP: {endpoint}")).to_string()
+}
+
+/// `GET path` on the published port, from inside the namespace: (status, body).
+fn get(netns: &Netns, path: &str) -> Option<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    netns.run(move || {
+        let addr = SocketAddr::from(([127, 0, 0, 1], PUBLISHED));
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        stream.write_all(request.as_bytes()).ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
+    })
+}
+
+/// What a `web` task's resolver gives for `name` (sorted), or its error.
+fn resolve(netns: &Netns, name: &str) -> Result<Vec<String>, String> {
+    let (status, body) = get(netns, &format!("/resolve?name={name}")).ok_or("no answer on the published port")?;
+    let answer: Value = serde_json::from_str(&body).map_err(|e| format!("{status} {body}: {e}"))?;
+    if status != 200 {
+        return Err(format!("{status}: {answer}"));
     }
+    let mut addresses: Vec<String> =
+        answer["addresses"].as_array().into_iter().flatten().filter_map(|a| a.as_str().map(str::to_string)).collect();
+    addresses.sort();
+    Ok(addresses)
 }
 
 /// A fake upstream DNS server on `UPSTREAM` (UDP and TCP) inside the
@@ -346,13 +280,9 @@ fn tasks_find_services_by_name_and_everything_else_is_forwarded() {
     let host_resolv_conf = std::fs::read("/etc/resolv.conf").ok();
     let netns = Netns::create();
     start_fake_upstream(&netns);
-    let up = Up::start(netns);
-    assert!(
-        wait_until(Duration::from_secs(20), || up.shoal(&["node", "ls"]).status.success()),
-        "shoal up did not come up:\n{}",
-        up.log()
-    );
-    let stack_file = up.dir.path().join("shop.yml");
+    let up = start_up(&netns);
+    up.wait_ready(Duration::from_secs(20));
+    let stack_file = up.path().join("shop.yml");
     std::fs::write(&stack_file, STACK).unwrap();
     up.shoal_ok(&["stack", "deploy", "-c", stack_file.to_str().unwrap(), "shop"]);
     up.shoal_ok(&["service", "create", "--name", "cache", "shoal/demo:1.0"]);
@@ -361,15 +291,16 @@ fn tasks_find_services_by_name_and_everything_else_is_forwarded() {
     let want = [("shop_web", 3), ("shop_api", 2), ("shop_db", 2), ("cache", 1)];
     let settled = wait_until(Duration::from_secs(90), || {
         want.iter().all(|(service, n)| {
-            up.task_addresses(service).len() == *n
-                && up.endpoint(service)["backends"].as_array().is_some_and(|b| b.len() == *n)
-        }) && up.get("/").is_some_and(|(status, _)| status == 200)
+            task_addresses(&up, service).len() == *n
+                && service_endpoint(&up, service)["backends"].as_array().is_some_and(|b| b.len() == *n)
+        }) && get(&netns, "/").is_some_and(|(status, _)| status == 200)
     });
-    assert!(settled, "the services did not settle:\n{}\n{}", up.shoal_ok(&["service", "ls"]), up.log());
+    assert!(settled, "the services did not settle:\n{}\n{}", up.shoal_ok(&["service", "ls"]), up.log_excerpt());
 
-    let (web_vip, api_vip, cache_vip) = (up.vip("shop_web"), up.vip("shop_api"), up.vip("cache"));
-    let resolved =
-        |name: &str| up.resolve(name).unwrap_or_else(|e| panic!("resolving {name} in a task: {e}\n{}", up.log()));
+    let (web_vip, api_vip, cache_vip) = (vip(&up, "shop_web"), vip(&up, "shop_api"), vip(&up, "cache"));
+    let resolved = |name: &str| {
+        resolve(&netns, name).unwrap_or_else(|e| panic!("resolving {name} in a task: {e}\n{}", up.log_excerpt()))
+    };
 
     // <service> and <stack>_<service> → the VIP (any case, trailing dot or not).
     assert_eq!(resolved("api"), vec![api_vip.clone()], "api");
@@ -378,20 +309,20 @@ fn tasks_find_services_by_name_and_everything_else_is_forwarded() {
     assert_eq!(resolved("web"), vec![web_vip.clone()], "web (the asking task's own service)");
     assert_eq!(resolved("cache"), vec![cache_vip], "cache (a service of no stack)");
     // tasks.<service> → exactly the running tasks; dnsrr → the tasks too.
-    assert_eq!(resolved("tasks.api"), sorted(&up.task_addresses("shop_api")), "tasks.api");
-    assert_eq!(resolved("tasks.shop_web"), sorted(&up.task_addresses("shop_web")), "tasks.shop_web");
-    let db_tasks = sorted(&up.task_addresses("shop_db"));
+    assert_eq!(resolved("tasks.api"), sorted(&task_addresses(&up, "shop_api")), "tasks.api");
+    assert_eq!(resolved("tasks.shop_web"), sorted(&task_addresses(&up, "shop_web")), "tasks.shop_web");
+    let db_tasks = sorted(&task_addresses(&up, "shop_db"));
     assert_eq!(resolved("db"), db_tasks, "db (dnsrr)");
     assert_eq!(resolved("tasks.db"), db_tasks, "tasks.db");
     // Not a service: forwarded to the upstream, whose answer comes back.
     assert_eq!(resolved(UPSTREAM_NAME), vec![UPSTREAM_ADDRESS.to_string()], "{UPSTREAM_NAME} via the upstream");
-    assert!(up.resolve("nothing-here.test").is_err(), "a name nobody knows resolved");
+    assert!(resolve(&netns, "nothing-here.test").is_err(), "a name nobody knows resolved");
 
     // A connection from a task to a service VIP balances over that service's tasks.
-    let api_tasks: BTreeSet<String> = up.running("shop_api").iter().map(|r| r.id().to_string()).collect();
+    let api_tasks: BTreeSet<String> = up.running_tasks("shop_api").iter().map(|r| r.id().to_string()).collect();
     let mut reached = BTreeSet::new();
     for _ in 0..30 {
-        let (status, body) = up.get("/fetch?url=http://api/").expect("no answer to /fetch");
+        let (status, body) = get(&netns, "/fetch?url=http://api/").expect("no answer to /fetch");
         assert_eq!(status, 200, "fetching http://api/ from a web task: {body}");
         let whoami: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
         reached.insert(whoami["task"].as_str().unwrap_or_default().to_string());
@@ -403,28 +334,27 @@ fn tasks_find_services_by_name_and_everything_else_is_forwarded() {
 
     // Straight to the agent: UDP and TCP, AAAA empty, NXDOMAIN passed through.
     // The gateway: the first address of the task's subnet.
-    let cidr = up.running("shop_web")[0].observation.as_ref().unwrap().spec.addresses[0].clone();
+    let cidr = up.running_tasks("shop_web")[0].observation.as_ref().unwrap().spec.addresses[0].clone();
     let (address, prefix) = cidr.split_once('/').unwrap();
     let mask = u32::MAX << (32 - prefix.parse::<u32>().unwrap());
     let gateway = Ipv4Addr::from(u32::from(address.parse::<Ipv4Addr>().unwrap()) & mask | 1);
     let server = SocketAddr::from((gateway, 53));
-    let netns = &up.netns;
-    let web_tasks = sorted(&up.task_addresses("shop_web"));
-    assert_eq!(a_records(&ask(netns, server, "tasks.shop_web.", RecordType::A, true)), web_tasks, "over TCP");
-    let udp = ask(netns, server, "SHOP_API", RecordType::A, false);
+    let web_tasks = sorted(&task_addresses(&up, "shop_web"));
+    assert_eq!(a_records(&ask(&netns, server, "tasks.shop_web.", RecordType::A, true)), web_tasks, "over TCP");
+    let udp = ask(&netns, server, "SHOP_API", RecordType::A, false);
     assert!(udp.metadata.authoritative && udp.answers.iter().all(|r| r.ttl <= 5), "{udp:?}");
     assert_eq!(a_records(&udp), vec![api_vip], "over UDP");
-    let aaaa = ask(netns, server, "api", RecordType::AAAA, false);
+    let aaaa = ask(&netns, server, "api", RecordType::AAAA, false);
     assert_eq!((aaaa.metadata.response_code, aaaa.answers.len()), (ResponseCode::NoError, 0), "AAAA: {aaaa:?}");
-    let forwarded = ask(netns, server, UPSTREAM_NAME, RecordType::A, false);
+    let forwarded = ask(&netns, server, UPSTREAM_NAME, RecordType::A, false);
     assert_eq!(a_records(&forwarded), vec![UPSTREAM_ADDRESS.to_string()], "forwarded over UDP");
-    let forwarded = ask(netns, server, UPSTREAM_NAME, RecordType::A, true);
+    let forwarded = ask(&netns, server, UPSTREAM_NAME, RecordType::A, true);
     assert_eq!(a_records(&forwarded), vec![UPSTREAM_ADDRESS.to_string()], "forwarded over TCP");
-    let unknown = ask(netns, server, "tasks.nothing", RecordType::A, false);
+    let unknown = ask(&netns, server, "tasks.nothing", RecordType::A, false);
     assert_eq!(unknown.metadata.response_code, ResponseCode::NXDomain, "the upstream's NXDOMAIN: {unknown:?}");
 
     // The task's resolv.conf names the agent; the host's is untouched.
-    let web = &up.running("shop_web")[0];
+    let web = &up.running_tasks("shop_web")[0];
     let path = format!("/proc/{}/root/etc/resolv.conf", web.pid().unwrap());
     let in_task = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     assert!(in_task.contains(&format!("nameserver {gateway}\n")), "{path}:\n{in_task}");

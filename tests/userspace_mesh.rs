@@ -12,138 +12,18 @@
 mod support;
 
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::up::Up;
 use support::{free_port, http_get, wait_until};
 
-/// The user and group `shoal up` runs as when the test is root.
-const NOBODY: u32 = 65534;
 /// Time for each step to converge.
 const STEP: Duration = Duration::from_secs(60);
-
-/// True when this test runs as root (`/proc/self` belongs to the effective user).
-fn is_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1) == 0
-}
-
-/// `shoal up` as a normal user on a throw-away directory; stopped, and
-/// every process started below the directory killed, on drop.
-struct Up {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    endpoint: String,
-}
-
-impl Up {
-    fn start() -> Up {
-        let dir = tempfile::Builder::new().prefix("shoal-userspace-").tempdir().unwrap();
-        let (bin, home) = (dir.path().join("bin"), dir.path().join("home"));
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::create_dir_all(&home).unwrap();
-        // The build's target dir may not be traversable by the other user.
-        let shoal = bin.join("shoal");
-        std::fs::copy(env!("CARGO_BIN_EXE_shoal"), &shoal).unwrap();
-        for (path, mode) in [(dir.path(), 0o755), (bin.as_path(), 0o755), (shoal.as_path(), 0o755)] {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
-        }
-        let port = free_port();
-        let mut command = if is_root() {
-            std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY)).unwrap();
-            let mut c = Command::new("setpriv");
-            let id = NOBODY.to_string();
-            c.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--"]).arg(&shoal);
-            c
-        } else {
-            Command::new(&shoal)
-        };
-        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-        let child = command
-            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(home.join("data"))
-            .env("HOME", &home)
-            .env_remove("XDG_DATA_HOME")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting shoal up");
-        let up = Up { child: Some(child), dir, endpoint: format!("http://127.0.0.1:{port}") };
-        let ready = wait_until(STEP, || up.shoal(&["node", "ls"]).status.success() && up.log().contains("userspace"));
-        assert!(ready, "shoal up did not come up with the userspace data plane:\n{}", up.log());
-        up
-    }
-
-    fn shoal(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["--etcd-endpoints", &self.endpoint])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn shoal_ok(&self, args: &[&str]) -> String {
-        let out = self.shoal(args);
-        assert!(out.status.success(), "shoal {args:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    /// The service's tasks desired and observed running: (image, observation spec).
-    fn running(&self, service: &str) -> Vec<(String, Value)> {
-        let Ok(rows) = serde_json::from_str::<Value>(&self.shoal_ok(&["service", "ps", service, "-o", "json"])) else {
-            return Vec::new();
-        };
-        rows.as_array()
-            .into_iter()
-            .flatten()
-            .filter(|r| {
-                r["task"]["spec"]["desiredState"] == "running" && r["observation"]["status"]["state"] == "running"
-            })
-            .map(|r| {
-                let image = r["task"]["spec"]["spec"]["image"].as_str().unwrap_or_default().to_string();
-                (image, r["observation"]["spec"].clone())
-            })
-            .collect()
-    }
-
-    /// SIGTERM, and waits for `shoal up` to end (its tasks keep running).
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill").arg(child.id().to_string()).status();
-        if !wait_until(Duration::from_secs(20), || matches!(child.try_wait(), Ok(Some(_)))) {
-            let _ = child.kill();
-            panic!("shoal up did not stop on SIGTERM:\n{}", self.log());
-        }
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        support::cluster::kill_processes_under(self.dir.path());
-    }
-}
 
 /// GETs in a loop until stopped: (answers, failures).
 struct Load {
@@ -215,7 +95,8 @@ services:
 
 #[test]
 fn a_normal_users_shoal_up_answers_on_published_ports_from_every_replica() {
-    let mut up = Up::start();
+    let mut up = Up::builder().dir_prefix("shoal-userspace-").run_as_nobody().start();
+    up.wait_ready_with_log(STEP, "userspace");
     let (web, metrics) = (free_port(), free_port());
     let file = stack_file(up.path(), web, metrics);
     up.shoal_ok(&["stack", "deploy", "-c", file.to_str().unwrap(), "us"]);

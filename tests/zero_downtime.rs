@@ -14,14 +14,12 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use serde_json::Value;
+use support::up::Up;
 use support::{free_port, http_get, wait_until};
 
 /// The goal is 0 failed requests, and every local run this session met
@@ -30,120 +28,11 @@ use support::{free_port, http_get, wait_until};
 /// rotation. The test holds the line at 1 in 5,000 and prints each failure.
 const TOLERATED_ONE_IN: usize = 5_000;
 
-/// `shoal up` on a throw-away data dir, stopped and cleaned up on drop.
-struct Up {
-    child: Child,
-    dir: tempfile::TempDir,
-    endpoint: String,
-}
-
-impl Up {
-    fn start() -> Up {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("up.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["up", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(dir.path().join("data"))
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Up { child, dir, endpoint: format!("http://127.0.0.1:{port}") }
-    }
-
-    fn shoal(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["--etcd-endpoints", &self.endpoint])
-            .args(args)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// `shoal ARGS…` with `input` on its standard input; its stdout.
-    fn shoal_stdin(&self, args: &[&str], input: &[u8]) -> String {
-        use std::io::Write;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-            .args(["--etcd-endpoints", &self.endpoint])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(input).unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "shoal {args:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn shoal_ok(&self, args: &[&str]) -> String {
-        let out = self.shoal(args);
-        assert!(out.status.success(), "shoal {args:?}: {}\n{}", String::from_utf8_lossy(&out.stderr), self.log());
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The log lines of the draining handshake and data-plane programming:
-    /// what to line up against a failed request's time.
-    fn drain_log(&self) -> String {
-        let wanted = ["drained", "stopping task", "programmed", "still open", "decision controller=endpoints"];
-        self.log().lines().filter(|l| wanted.iter().any(|w| l.contains(w))).collect::<Vec<_>>().join("\n")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
-    }
-
-    /// Images of the service's tasks that are desired and observed running.
-    fn running_images(&self, service: &str) -> Vec<String> {
-        let rows: Value = serde_json::from_str(&self.shoal_ok(&["service", "ps", service, "-o", "json"])).unwrap();
-        rows.as_array()
-            .unwrap()
-            .iter()
-            .filter(|r| {
-                r["task"]["spec"]["desiredState"] == "running" && r["observation"]["status"]["state"] == "running"
-            })
-            .map(|r| r["task"]["spec"]["spec"]["image"].as_str().unwrap_or_default().to_string())
-            .collect()
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = self.shoal(&["service", "rm", "web"]);
-        // Once its tasks are gone the agent removes the bridge on SIGTERM too.
-        wait_until(Duration::from_secs(20), || task_namespaces(self.dir.path()).is_empty());
-        // SIGTERM: the agent and the data plane clean up after themselves.
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let stopped = wait_until(Duration::from_secs(15), || matches!(self.child.try_wait(), Ok(Some(_))));
-        if !stopped {
-            let _ = self.child.kill();
-        }
-        support::cluster::kill_processes_under(self.dir.path());
-        cleanup_network(self.dir.path());
-    }
-}
-
-/// The network namespaces of this `shoal up`'s tasks that still exist.
-fn task_namespaces(dir: &Path) -> Vec<String> {
-    let tasks = dir.join("data/agent/tasks");
-    std::fs::read_dir(tasks)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| format!("shoal-{}", entry.file_name().to_string_lossy()))
-        .filter(|name| Path::new("/run/netns").join(name).exists())
-        .collect()
-}
-
-/// Namespaces of tasks left behind if a test failed midway.
-fn cleanup_network(dir: &Path) {
-    for name in task_namespaces(dir) {
-        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
-    }
+/// The log lines of the draining handshake and data-plane programming:
+/// what to line up against a failed request's time.
+fn drain_log(up: &Up) -> String {
+    let wanted = ["drained", "stopping task", "programmed", "still open", "decision controller=endpoints"];
+    up.log().lines().filter(|l| wanted.iter().any(|w| l.contains(w))).collect::<Vec<_>>().join("\n")
 }
 
 /// Requests in a loop until stopped; counts answers and failures.
@@ -202,12 +91,8 @@ fn assert_root() {
 #[test]
 fn a_rolling_update_and_a_secret_rotation_under_load_fail_not_one_request() {
     assert_root();
-    let up = Up::start();
-    assert!(
-        wait_until(Duration::from_secs(20), || up.shoal(&["node", "ls"]).status.success()),
-        "shoal up did not come up:\n{}",
-        up.log()
-    );
+    let up = Up::builder().on_drop(&["service", "rm", "web"]).start();
+    up.wait_ready(Duration::from_secs(20));
     let published = free_port();
     up.shoal_stdin(&["secret", "create", "db-password", "-"], b"old");
     up.shoal_ok(&[
@@ -256,7 +141,7 @@ fn a_rolling_update_and_a_secret_rotation_under_load_fail_not_one_request() {
     let (answers, failures) = load.stop();
     assert!(updated, "the update did not finish:\n{}", up.shoal_ok(&["service", "ps", "web"]));
     if !failures.is_empty() {
-        eprintln!("failures: {failures:?}\nthe agent's drains and programming:\n{}", up.drain_log());
+        eprintln!("failures: {failures:?}\nthe agent's drains and programming:\n{}", drain_log(&up));
     }
     let old = answers.iter().filter(|b| b.contains("\"1.0\"")).count();
     let new = answers.iter().filter(|b| b.contains("\"2.0\"")).count();
@@ -286,7 +171,7 @@ fn a_rolling_update_and_a_secret_rotation_under_load_fail_not_one_request() {
     let (answers, failures) = load.stop();
     assert!(rotated, "the tasks never all read the new secret:\n{}", up.shoal_ok(&["service", "ps", "web"]));
     if !failures.is_empty() {
-        eprintln!("failures: {failures:?}\nthe agent's drains and programming:\n{}", up.drain_log());
+        eprintln!("failures: {failures:?}\nthe agent's drains and programming:\n{}", drain_log(&up));
     }
     let old = answers.iter().filter(|b| b.contains("\"secret_bytes\":3")).count();
     let new = answers.iter().filter(|b| b.contains("\"secret_bytes\":7")).count();

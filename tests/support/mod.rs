@@ -12,6 +12,7 @@
 pub mod cluster;
 pub mod grpc;
 pub mod secrets;
+pub mod up;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -252,17 +253,20 @@ pub async fn connect(backend: &StoreUnderTest) -> shoal_store::client::Store {
 /// Runs `shoal --etcd-endpoints … ARGS…` against `store`, with `stdin`
 /// piped in (`secret create NAME -`); quiet logs.
 pub fn shoal_with_stdin(store: &StoreUnderTest, args: &[&str], stdin: &[u8]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    command.arg("--etcd-endpoints").arg(store.endpoint()).args(args).env("RUST_LOG", "warn");
+    output_with_stdin(&mut command, stdin)
+}
+
+/// Runs `command` with `stdin` piped in; its output.
+pub fn output_with_stdin(command: &mut Command, stdin: &[u8]) -> Output {
     use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shoal"))
-        .arg("--etcd-endpoints")
-        .arg(store.endpoint())
-        .args(args)
-        .env("RUST_LOG", "warn")
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run shoal");
+        .unwrap_or_else(|e| panic!("running {command:?}: {e}"));
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     child.wait_with_output().unwrap()
 }
