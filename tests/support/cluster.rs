@@ -14,6 +14,14 @@
 //! `--network host`: they share their agent's network (the namespace when
 //! root), which is all these scheduling tests need.
 //!
+//! [`Cluster::start_routed`] puts every namespace (agents' and clients')
+//! on a network segment of its own instead, `10.204.<index>.0/24`, all
+//! joined by a router namespace (`<bridge>-router`, IP forwarding on): no
+//! two nodes share an L2 segment, so `ip route get` from one to another
+//! names a gateway. The router reaches the store relay over the bridge and
+//! masquerades what it forwards there, so the host needs no route to the
+//! segments (which every routed cluster numbers alike).
+//!
 //! Dropping a [`Cluster`] — also when a test panicked — SIGKILLs the
 //! controller, the agents, their shims and task processes (every process
 //! whose command line or working directory is under the cluster's temp dir,
@@ -134,25 +142,31 @@ struct Network {
     /// Third octet of 10.203.X.0/24.
     subnet: u8,
     /// (namespace, host-side veth) per agent, recorded before they are created.
+    /// Routed: the veth is the router's end, in the router's namespace.
     namespaces: Vec<(String, String)>,
     relay: Option<Relay>,
+    /// The router's namespace, when every namespace has a segment of its own.
+    router: Option<String>,
 }
 
 impl Network {
     /// Claims the first free bridge `shoale2e<N>` (creating it is the
     /// atomic claim, so concurrent test processes never share a subnet),
     /// addresses it 10.203.N.1/24 and relays its `store` port to the store.
-    fn create(store: &StoreUnderTest) -> Self {
+    fn create(store: &StoreUnderTest, topology: Topology) -> Self {
         let subnet = (0..=250u8)
             .find(|n| quiet(&["ip", "link", "add", &format!("shoale2e{n}"), "type", "bridge"]))
             .expect("no free shoale2e<N> bridge name (leftovers from killed runs? `ip link del` them)");
         let bridge = format!("shoale2e{subnet}");
         let gateway = Ipv4Addr::new(10, 203, subnet, 1);
         // Owned (deleted on drop) from here on, even if the rest fails.
-        let mut network = Network { relay: None, bridge, subnet, namespaces: Vec::new() };
+        let mut network = Network { relay: None, bridge, subnet, namespaces: Vec::new(), router: None };
         network.delete_leftovers();
         run(&["ip", "addr", "add", &format!("{gateway}/24"), "dev", &network.bridge]);
         run(&["ip", "link", "set", &network.bridge, "up"]);
+        if topology == Topology::Routed {
+            network.add_router();
+        }
         let upstream: SocketAddr = store.endpoint().trim_start_matches("http://").parse().expect("the store's address");
         network.relay = Some(Relay::start(gateway.into(), upstream));
         network
@@ -170,17 +184,47 @@ impl Network {
                 quiet(&["ip", "link", "del", name]);
             }
         }
+        quiet(&["ip", "link", "del", &self.uplink()]);
         let netns_prefix = format!("{}-", self.bridge);
         for entry in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.strip_prefix(&netns_prefix).is_some_and(|i| i.chars().all(|c| c.is_ascii_digit())) {
+            if name.strip_prefix(&netns_prefix).is_some_and(|i| i == "router" || i.chars().all(|c| c.is_ascii_digit()))
+            {
                 quiet(&["ip", "netns", "del", &name]);
             }
         }
     }
 
-    /// A namespace for agent `index` with `eth0` at 10.203.N.(10+index) on the bridge.
+    /// The router's veth on the bridge.
+    fn uplink(&self) -> String {
+        format!("{}r", self.bridge)
+    }
+
+    /// The router: a namespace on the bridge at 10.203.N.254 forwarding
+    /// between the segments and masquerading towards the bridge (the relay).
+    fn add_router(&mut self) {
+        let router = format!("{}-router", self.bridge);
+        let uplink = self.uplink();
+        self.router = Some(router.clone());
+        run(&["ip", "netns", "add", &router]);
+        run(&["ip", "link", "add", &uplink, "type", "veth", "peer", "name", "up0", "netns", &router]);
+        run(&["ip", "link", "set", &uplink, "master", &self.bridge, "up"]);
+        run(&["ip", "-n", &router, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &router, "addr", "add", &format!("10.203.{}.254/24", self.subnet), "dev", "up0"]);
+        run(&["ip", "-n", &router, "link", "set", "up0", "up"]);
+        run(&["ip", "netns", "exec", &router, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"]);
+        let nft = |command: &str| run(&["ip", "netns", "exec", &router, "nft", command]);
+        nft("add table ip router");
+        nft("add chain ip router postrouting { type nat hook postrouting priority srcnat; policy accept; }");
+        nft("add rule ip router postrouting oifname \"up0\" masquerade");
+    }
+
+    /// A namespace for agent `index` with `eth0` at 10.203.N.(10+index) on
+    /// the bridge, or at 10.204.(index).10 on a segment of its own when routed.
     fn add_namespace(&mut self, index: usize) -> (String, Ipv4Addr) {
+        if let Some(router) = self.router.clone() {
+            return self.add_routed_namespace(index, &router);
+        }
         let netns = format!("{}-{index}", self.bridge);
         let veth = format!("{}v{index}", self.bridge);
         let address = Ipv4Addr::new(10, 203, self.subnet, 10 + index as u8);
@@ -194,6 +238,25 @@ impl Network {
         (netns, address)
     }
 
+    /// A namespace for `index` on segment 10.204.(index).0/24, whose only
+    /// other end is the router (at .1, the namespace's default route).
+    fn add_routed_namespace(&mut self, index: usize, router: &str) -> (String, Ipv4Addr) {
+        let segment = u8::try_from(index).expect("fewer than 256 namespaces on a routed network");
+        let netns = format!("{}-{index}", self.bridge);
+        let veth = format!("s{index}");
+        let (gateway, address) = (Ipv4Addr::new(10, 204, segment, 1), Ipv4Addr::new(10, 204, segment, 10));
+        self.namespaces.push((netns.clone(), veth.clone()));
+        run(&["ip", "netns", "add", &netns]);
+        run(&["ip", "-n", router, "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &netns]);
+        run(&["ip", "-n", router, "addr", "add", &format!("{gateway}/24"), "dev", &veth]);
+        run(&["ip", "-n", router, "link", "set", &veth, "up"]);
+        run(&["ip", "-n", &netns, "link", "set", "lo", "up"]);
+        run(&["ip", "-n", &netns, "addr", "add", &format!("{address}/24"), "dev", "eth0"]);
+        run(&["ip", "-n", &netns, "link", "set", "eth0", "up"]);
+        run(&["ip", "-n", &netns, "route", "add", "default", "via", &gateway.to_string()]);
+        (netns, address)
+    }
+
     fn store_endpoint(&self) -> String {
         format!("http://{}", self.relay.as_ref().expect("the relay runs once the network is up").addr)
     }
@@ -204,8 +267,15 @@ impl Drop for Network {
         for (netns, veth) in &self.namespaces {
             // Deleting one end of a veth pair deletes both at once; deleting
             // the namespace alone would leave them until its last process exits.
-            quiet(&["ip", "link", "del", veth]);
+            match &self.router {
+                Some(router) => quiet(&["ip", "-n", router, "link", "del", veth]),
+                None => quiet(&["ip", "link", "del", veth]),
+            };
             quiet(&["ip", "netns", "del", netns]);
+        }
+        if let Some(router) = &self.router {
+            quiet(&["ip", "link", "del", &self.uplink()]);
+            quiet(&["ip", "netns", "del", router]);
         }
         quiet(&["ip", "link", "del", &self.bridge]);
     }
@@ -254,6 +324,15 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
     });
 }
 
+/// How the root-only network joins the namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Topology {
+    /// All on one bridge: one L2 segment.
+    Bridged,
+    /// Each on a segment of its own behind one router.
+    Routed,
+}
+
 /// A store, a controller and agents; all torn down on drop.
 pub struct Cluster {
     /// Killed by its own Drop, after [`Cluster`]'s has ended every other process.
@@ -277,7 +356,7 @@ impl Cluster {
     /// torn down and made once more from scratch; a second failure panics.
     /// Nothing a test asserts runs before this point.
     pub fn start(backend: Backend, labels: &[&str]) -> Self {
-        Self::start_with(backend, labels, "host")
+        Self::start_with(backend, labels, "host", Topology::Bridged)
     }
 
     /// [`Cluster::start`] with the routing mesh as users get it (root
@@ -285,23 +364,37 @@ impl Cluster {
     /// and each agent's data plane and routes to the other nodes' tasks.
     pub fn start_mesh(backend: Backend, labels: &[&str]) -> Self {
         assert!(shoal_agent::sys::is_root(), "the mesh cluster needs root (CI runs as root)");
-        Self::start_with(backend, labels, "namespace")
+        Self::start_with(backend, labels, "namespace", Topology::Bridged)
     }
 
-    fn start_with(backend: Backend, labels: &[&str], task_network: &'static str) -> Self {
-        match Self::try_start(backend, labels, task_network) {
+    /// [`Cluster::start_mesh`] with no two nodes on one L2 segment (root
+    /// only): every agent, and every client of [`Cluster::add_client`], on
+    /// a segment of its own behind one router, as nodes in different racks
+    /// or subnets are.
+    pub fn start_routed(backend: Backend, labels: &[&str]) -> Self {
+        assert!(shoal_agent::sys::is_root(), "the routed cluster needs root (CI runs as root)");
+        Self::start_with(backend, labels, "namespace", Topology::Routed)
+    }
+
+    fn start_with(backend: Backend, labels: &[&str], task_network: &'static str, topology: Topology) -> Self {
+        match Self::try_start(backend, labels, task_network, topology) {
             Ok(cluster) => cluster,
             Err(dump) => {
                 eprintln!("cluster start failed (nodes not ready in 20s); starting a fresh cluster once more:\n{dump}");
-                Self::try_start(backend, labels, task_network)
+                Self::try_start(backend, labels, task_network, topology)
                     .unwrap_or_else(|dump| panic!("timed out waiting for every node ready (twice)\n{dump}"))
             }
         }
     }
 
-    fn try_start(backend: Backend, labels: &[&str], task_network: &'static str) -> Result<Self, String> {
+    fn try_start(
+        backend: Backend,
+        labels: &[&str],
+        task_network: &'static str,
+        topology: Topology,
+    ) -> Result<Self, String> {
         let store = StoreUnderTest::of(backend);
-        let network = shoal_agent::sys::is_root().then(|| Network::create(&store));
+        let network = shoal_agent::sys::is_root().then(|| Network::create(&store, topology));
         let dir = tempfile::Builder::new().prefix("shoal-cluster-").tempdir().expect("creating a temp dir");
         let mut cluster = Cluster { store, dir, controller: None, agents: Vec::new(), network, task_network };
         cluster.start_controller();
@@ -418,8 +511,14 @@ impl Cluster {
         self.agents[index].advertise
     }
 
+    /// The network namespace agent `index` runs in (root only).
+    pub fn agent_netns(&self, index: usize) -> Option<&str> {
+        self.agents[index].netns.as_deref()
+    }
+
     /// A namespace on the cluster's network with no agent in it — a client
-    /// outside the cluster, as root; its name and address.
+    /// outside the cluster, as root (on a segment of its own when routed);
+    /// its name and address.
     pub fn add_client(&mut self) -> (String, Ipv4Addr) {
         let network = self.network.as_mut().expect("client namespaces need root");
         let index = 200 + network.namespaces.len();
@@ -429,6 +528,22 @@ impl Cluster {
     /// SIGKILL agent `index`: no shutdown, no lease revoke; its tasks keep running.
     pub fn kill_agent(&mut self, index: usize) {
         self.agents[index].kill();
+    }
+
+    /// SIGTERM agent `index` and wait for it to exit (up to 20 s, then
+    /// SIGKILL): a clean shutdown, its data plane removed; tasks keep running.
+    pub fn stop_agent(&mut self, index: usize) {
+        let Some(mut child) = self.agents[index].child.take() else { return };
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("agent {} did not stop within 20s of SIGTERM\n{}", self.agents[index].name, self.dump());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Starts agent `index` again on its data dir (killing it first if it runs).

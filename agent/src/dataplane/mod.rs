@@ -14,7 +14,9 @@
 //!   masquerade table; used when the kernel has IPVS.
 //! - [`conformance`]: the checks every data plane must pass, against real
 //!   backends in network namespaces (`shoal agent dataplane-conformance`).
-//! - [`routes`]: `ip route` to other nodes' task subnets.
+//! - [`routes`]: `ip route` to other nodes' task subnets: a host route to
+//!   a node on this node's L2 segment, else over the [`overlay`].
+//! - [`overlay`]: the VXLAN overlay (`shoal-vxlan`) to nodes behind a router.
 //! - [`sync`]: the agent's loop: watch Endpoints and Nodes, apply
 //!   (debounced), record the programmed revision.
 //! - [`userspace`]: for agents that are not root: the agent proxies every
@@ -26,8 +28,7 @@
 //!   ([`sync::programmed_key`]).
 //! - [`fake`]: a recording data plane for tests of the sync logic.
 //!
-//! Service DNS lives beside this module, in `crate::dns`. Not built: an
-//! overlay (VXLAN) for nodes that are not on one L2 segment.
+//! Service DNS lives beside this module, in `crate::dns`.
 
 pub mod conformance;
 pub mod drain;
@@ -35,6 +36,7 @@ pub mod fake;
 pub mod ipvs;
 pub mod layered;
 pub mod nftables;
+pub mod overlay;
 pub mod routes;
 pub mod ruleset;
 pub mod sync;
@@ -72,6 +74,8 @@ pub enum DataPlaneError {
     Nftables(#[source] NetworkError),
     #[error("cannot set a route to another node's tasks: {0}")]
     Route(#[source] NetworkError),
+    #[error("cannot set up the VXLAN overlay to another node's tasks (device shoal-vxlan): {0}")]
+    Overlay(#[source] NetworkError),
     #[error("cannot enable route_localnet (needed for 127.0.0.1:<published>): {0}")]
     Sysctl(#[source] std::io::Error),
     #[error("cannot program IPVS: {0}")]

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use shoal_crd::Endpoints;
 
-use super::routes::{self, RouteTable};
+use super::routes::Routes;
 use super::ruleset::Ruleset;
 use super::{Cluster, DataPlane, DataPlaneError};
 use crate::network::{already_gone, run};
@@ -41,14 +41,14 @@ pub struct NftablesDataPlane {
     table: String,
     /// What the kernel holds, when known (None: rewrite it whole).
     programmed: Option<Ruleset>,
-    routes: RouteTable,
+    routes: Routes,
     /// The last transaction sent, for logs and tests.
     last_script: String,
 }
 
 impl NftablesDataPlane {
     pub fn new(table: &str) -> Self {
-        Self { table: table.into(), programmed: None, routes: RouteTable::new(), last_script: String::new() }
+        Self { table: table.into(), programmed: None, routes: Routes::new(), last_script: String::new() }
     }
 
     /// The last `nft -f` script sent (empty when the last apply changed nothing).
@@ -73,15 +73,11 @@ impl DataPlane for NftablesDataPlane {
         }
         self.last_script = script;
         self.programmed = Some(next);
-        let wanted = routes::desired(&cluster.nodes, &cluster.local.name, cluster.local.subnet, routes::on_link);
-        let (installed, result) = routes::apply(&self.routes, &wanted);
-        self.routes = installed;
-        result
+        self.routes.apply(cluster)
     }
 
     fn cleanup(&mut self) -> Result<(), DataPlaneError> {
-        let (installed, routed) = routes::apply(&self.routes, &RouteTable::new());
-        self.routes = installed;
+        let routed = self.routes.cleanup();
         self.programmed = None;
         run("nft", &["delete", "table", "ip", &self.table], None)
             .or_else(already_gone)

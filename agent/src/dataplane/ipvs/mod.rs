@@ -47,7 +47,7 @@ use shoal_crd::Endpoints;
 
 use self::desired::{changes, Change, Desired, Kernel, KernelServer, RealState};
 use self::netlink::{IpvsSocket, FWD_MASQ};
-use super::routes::{self, RouteTable};
+use super::routes::Routes;
 use super::{Cluster, DataPlane, DataPlaneError};
 use crate::network::NetworkError;
 
@@ -85,7 +85,7 @@ pub struct IpvsDataPlane {
     socket: Option<IpvsSocket>,
     /// The masquerade table last written (None: write it).
     table: Option<String>,
-    routes: RouteTable,
+    routes: Routes,
     /// The netlink calls the last apply made.
     last_changes: Vec<Change>,
 }
@@ -196,10 +196,7 @@ impl DataPlane for IpvsDataPlane {
             self.table = None;
             return Err(DataPlaneError::Ipvs(err));
         }
-        let wanted = routes::desired(&cluster.nodes, &cluster.local.name, cluster.local.subnet, routes::on_link);
-        let (installed, result) = routes::apply(&self.routes, &wanted);
-        self.routes = installed;
-        result
+        self.routes.apply(cluster)
     }
 
     /// Removes every owned virtual server, the dummy interface (its VIPs
@@ -228,9 +225,7 @@ impl DataPlane for IpvsDataPlane {
         self.table = None;
         keep(host::delete_dummy().map_err(DataPlaneError::Ipvs));
         keep(host::delete_table().map_err(DataPlaneError::Ipvs));
-        let (installed, routed) = routes::apply(&self.routes, &RouteTable::new());
-        self.routes = installed;
-        keep(routed);
+        keep(self.routes.cleanup());
         first.map_or(Ok(()), Err)
     }
 }
