@@ -2,8 +2,9 @@
 //! so the test boots Debian's (`linux-image-amd64`) under
 //! `qemu-system-x86_64 -machine accel=tcg` with an initramfs it writes
 //! itself (newc cpio, in Rust): busybox, ipvsadm, iproute2's `ip`, `nft`,
-//! the `shoal` binary (debug info stripped), their shared libraries, the
-//! kernel modules IPVS needs, and an `/init` script.
+//! `conntrack` when the host has it, the `shoal` binary (debug info
+//! stripped), their shared libraries, the kernel modules IPVS and task
+//! networking need, and an `/init` script.
 //!
 //! Inside the VM, `/init`:
 //!
@@ -17,11 +18,22 @@
 //! 2. runs the shared conformance suite (`shoal agent
 //!    dataplane-conformance --dataplane ipvs`), the one the nftables plane
 //!    passes on this host (`tests/dataplane_conformance.rs`);
-//! 3. powers off.
+//! 3. runs `/up.sh` ([`UP_PHASE`]): what a user of a host with IPVS does —
+//!    `shoal up` (no `--dataplane`: it must pick IPVS itself, and the
+//!    userspace proxy beside it on 127.0.0.1), a service `web` with two
+//!    replicas published on 8080, HTTP through 127.0.0.1:8080, the VM's
+//!    address and the VIP, a rolling update to `shoal/demo:2.0` under
+//!    load, then SIGTERM;
+//! 4. powers off.
 //!
 //! The console log is checked: virtual servers with masquerading real
 //! servers, both backends answering through the VIP and the published
-//! port, nothing left after cleanup, every conformance check passed.
+//! port, nothing left after cleanup, every conformance check passed; and
+//! for `shoal up`: IPVS chosen, the VIP and published-port virtual servers
+//! with both tasks as masquerading real servers, every request answered
+//! on every path (both tasks on at least one), not one failed request
+//! through IPVS during the rolling update, only version 2.0 answering
+//! after it, and no virtual server or listener left after SIGTERM.
 //!
 //! Without the kernel, qemu, busybox-static or ipvsadm the test fails
 //! (never skips) saying what to install; `.ci/run` installs them. The VM
@@ -35,22 +47,31 @@ use std::time::{Duration, Instant};
 
 use shoal_crd::{Backend, EndpointMode, EndpointPort, Endpoints, EndpointsSpec, PortProtocol, PublishMode};
 
-const VM_TIMEOUT: Duration = Duration::from_secs(180);
+const VM_TIMEOUT: Duration = Duration::from_secs(360);
 const PACKAGES: &str = "qemu-system-x86 linux-image-amd64 busybox-static ipvsadm";
 const VIP: &str = "10.96.204.1";
 const PUBLISHED: u16 = 31204;
+/// The VM's own address (on a dummy `eth0`, from phase 3 on) and the port `web` publishes.
+const NODE_ADDRESS: &str = "10.0.2.15";
+const UP_PORT: u16 = 8080;
 /// Modules `/init` loads, with their dependencies (from modules.dep) before them.
-const MODULES: &[&str] = &["crc32c_generic", "ip_vs_rr", "dummy", "veth", "nft_masq", "nft_chain_nat"];
+const MODULES: &[&str] =
+    &["crc32c_generic", "ip_vs_rr", "dummy", "veth", "bridge", "nft_masq", "nft_chain_nat", "nf_conntrack_netlink"];
 
 fn missing(what: &str) -> ! {
     panic!("{what} is missing: this test needs `apt-get install {PACKAGES}` (as .ci/run does)")
 }
 
-/// `name` on PATH or in the sbin directories.
-fn tool(name: &str) -> PathBuf {
+/// `name` on PATH or in the sbin directories, if there.
+fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var("PATH").unwrap_or_default();
     let dirs = path.split(':').map(PathBuf::from).chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
-    dirs.map(|d| d.join(name)).find(|p| p.is_file()).unwrap_or_else(|| missing(name))
+    dirs.map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+/// `name` on PATH or in the sbin directories.
+fn tool(name: &str) -> PathBuf {
+    find_tool(name).unwrap_or_else(|| missing(name))
 }
 
 /// Debian's kernel image and its module directory (the newest with IPVS).
@@ -247,7 +268,8 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null
 mount -t tmpfs run /run
-mkdir -p /run/netns /tmp
+mount -t tmpfs tmp /tmp
+mkdir -p /run/netns
 for m in $(cat /modules/order); do insmod /modules/$m || echo "VMTEST insmod $m failed"; done
 /usr/sbin/ip link set lo up
 # HTTP GET with nc: busybox's wget looks up the "http" service through NSS,
@@ -295,8 +317,104 @@ kill $(jobs -p) 2>/dev/null
 
 shoal agent dataplane-conformance --dataplane ipvs
 echo "VMTEST-CONFORMANCE rc=$?"
-echo VMTEST-DONE
+
+. /up.sh
+echo "VMTEST-DONE uptime $(cut -d' ' -f1 /proc/uptime)s"
 poweroff -f
+"#;
+
+/// Phase 3, sourced by `/init`: `shoal up` as a user runs it.
+///
+/// HTTP goes through `shoal demo load`, which accounts for every request
+/// and reports the versions and tasks that answered. Why not `get` (nc):
+/// busybox `nc` half-closes right after the request, and the demo server
+/// (hyper's default) drops a request whose FIN it reads before answering,
+/// which through the userspace proxy (request and FIN relayed back to
+/// back) happens now and then.
+///
+/// Waits are generous (TCG runs 10-30x slower than the host); one that
+/// times out says which and shows the end of `shoal up`'s log, and the
+/// phase goes on so the host side reports what is missing.
+const UP_PHASE: &str = r#"
+# wait_for SECONDS WHAT COMMAND...: COMMAND every half second until it succeeds.
+wait_for() {
+  limit=$(($1 * 2)); what=$2; shift 2; n=0
+  until "$@" >/dev/null 2>&1; do
+    n=$((n+1))
+    [ $n -gt $limit ] && { echo "VMTEST-UP-TIMEOUT $what"; tail -n 40 /tmp/up.log; return 1; }
+    sleep 0.5
+  done
+}
+# load URL SECONDS: `shoal demo load`'s summary on one line.
+load() { shoal demo load --concurrency 1 --duration "$2" "$1" 2>&1 | tr -d '\n'; }
+node_ready() { shoal node ls | grep -q ' Ready '; }
+ipvs_chosen() { grep -q 'IPVS data plane' /tmp/up.log; }
+both_running() { [ "$(shoal service ps web | grep -c 'Running  *Running')" -eq 2 ]; }
+two_reals() { [ "$(ipvsadm -Ln -t "$1" | grep -c Masq)" -eq 2 ]; }
+ipvs_conns() { ipvsadm -Ln --stats --exact -t __NODE__:__PORT__ | awk '/^TCP/ { print $3 }'; }
+more_conns_than() { [ "$(ipvs_conns)" -gt "$1" ]; }
+answers_version() { load "$1" 0.2s | grep -q "\"$2\": [1-9]"; }
+
+echo "VMTEST-UP-BEGIN uptime $(cut -d' ' -f1 /proc/uptime)s"
+hostname vm
+echo '# the VM has no DNS server' >/etc/resolv.conf
+/usr/sbin/ip link add eth0 type dummy
+/usr/sbin/ip addr add __NODE__/24 dev eth0
+/usr/sbin/ip link set eth0 up
+shoal up --data-dir /tmp/shoal >/tmp/up.log 2>&1 &
+up=$!
+wait_for 120 node-ready node_ready && wait_for 30 ipvs-chosen ipvs_chosen
+echo "VMTEST-UP-MODE $(grep -o 'IPVS data plane[^;]*' /tmp/up.log | head -n 1)"
+# The healthcheck makes a task a backend once it listens, not as soon as it
+# runs: without it the update below refuses connections (IPVS has no retry).
+shoal service create --name web --replicas 2 -p __PORT__:80 \
+  --health-cmd 'shoal demo probe http://127.0.0.1:80/health' --health-interval 500ms --health-retries 2 \
+  shoal/demo:1.0 >/dev/null
+wait_for 120 tasks-running both_running
+vip=$(shoal service inspect web | grep '"vip": ' | cut -d'"' -f4)
+echo "VMTEST-UP-VIP $vip"
+wait_for 60 vip-reals two_reals "$vip:80" && wait_for 30 node-reals two_reals __NODE__:__PORT__ \
+  && wait_for 30 loopback-answers answers_version http://127.0.0.1:__PORT__/ 1.0
+echo VMTEST-UP-IPVSADM-BEGIN
+ipvsadm -Ln
+echo VMTEST-UP-IPVSADM-END
+echo "VMTEST-UP-LOAD loopback $(load http://127.0.0.1:__PORT__/ 1s)"
+echo "VMTEST-UP-LOAD node $(load http://__NODE__:__PORT__/ 1s)"
+echo "VMTEST-UP-LOAD vip $(load http://$vip/ 1s)"
+
+# Load through IPVS across the rolling update: nothing may fail (the
+# draining handshake waits for both planes before a task is stopped).
+# At nice 19 (busybox has no `nice`), so the update is not starved of the
+# one CPU; the update starts once IPVS counts the load's connections.
+conns=$(ipvs_conns)
+sh -c 'renice -n 19 -p $$ >/dev/null; exec shoal demo load --concurrency 1 "$0"' http://__NODE__:__PORT__/ \
+  >/tmp/during.json 2>/tmp/during.err &
+during=$!
+wait_for 30 load-running more_conns_than $((conns + 10))
+echo "VMTEST-UP-UPDATING uptime $(cut -d' ' -f1 /proc/uptime)s"
+timeout 240 shoal service update --image shoal/demo:2.0 --update-monitor 1s web >/tmp/update.log 2>&1
+rc=$?
+echo "VMTEST-UP-UPDATE rc=$rc uptime $(cut -d' ' -f1 /proc/uptime)s"
+[ $rc -eq 0 ] || tail -n 5 /tmp/update.log
+kill -TERM $during
+wait $during
+[ -s /tmp/during.json ] || cat /tmp/during.err
+echo "VMTEST-UP-DURING node $(tr -d '\n' </tmp/during.json)"
+wait_for 30 version-2 answers_version http://127.0.0.1:__PORT__/ 2.0
+echo "VMTEST-UP-V2 loopback $(load http://127.0.0.1:__PORT__/ 1s)"
+echo "VMTEST-UP-V2 node $(load http://__NODE__:__PORT__/ 1s)"
+
+kill -TERM $up
+n=0
+while kill -0 $up 2>/dev/null && [ $n -lt 120 ]; do n=$((n+1)); sleep 0.5; done
+if kill -0 $up 2>/dev/null; then echo "VMTEST-UP-STOPPED still running"; else wait $up; echo "VMTEST-UP-STOPPED rc=$?"; fi
+echo VMTEST-UP-LEFT-BEGIN
+ipvsadm -Ln | grep -E '^(TCP|UDP)'
+netstat -ltn | grep ":__PORT__ "
+/usr/sbin/ip -o link show shoal-ipvs0 2>/dev/null
+nft list table ip shoal-ipvs 2>/dev/null
+echo VMTEST-UP-LEFT-END
+grep -E 'dataplane|WARN|ERROR' /tmp/up.log | sed 's/^/VMTEST-UP-LOG /'
 "#;
 
 /// The initramfs: tools, libraries, modules, fixture and /init.
@@ -312,6 +430,10 @@ fn initramfs(modules: &Path) -> Vec<u8> {
     cpio.binary(&tool("ipvsadm"), "/usr/sbin/ipvsadm", None);
     cpio.binary(&tool("ip"), "/usr/sbin/ip", None);
     cpio.binary(&tool("nft"), "/usr/sbin/nft", None);
+    // Optional: the agent flushes a removed task's conntrack entries with it, best effort.
+    if let Some(conntrack) = find_tool("conntrack") {
+        cpio.binary(&conntrack, "/usr/sbin/conntrack", None);
+    }
     cpio.binary(Path::new(env!("CARGO_BIN_EXE_shoal")), "/usr/bin/shoal", Some(shoal_binary()));
     let applets = Command::new(&busybox).arg("--list").output().expect("busybox --list");
     for applet in String::from_utf8_lossy(&applets.stdout).lines().filter(|a| !["ip", "busybox"].contains(a)) {
@@ -328,6 +450,8 @@ fn initramfs(modules: &Path) -> Vec<u8> {
     cpio.file("/fixture.json", 0o644, fixture().as_bytes());
     let init = INIT.replace("__VIP__", VIP).replace("__PUBLISHED__", &PUBLISHED.to_string());
     cpio.file("/init", 0o755, init.as_bytes());
+    let up = UP_PHASE.replace("__NODE__", NODE_ADDRESS).replace("__PORT__", &UP_PORT.to_string());
+    cpio.file("/up.sh", 0o644, up.as_bytes());
     cpio.finish()
 }
 
@@ -342,7 +466,7 @@ fn boot(kernel: &Path, initrd: &Path, console: &Path) -> Duration {
             "-cpu",
             "max",
             "-m",
-            "512",
+            "1024",
             "-smp",
             "1",
             "-nographic",
@@ -399,26 +523,66 @@ fn answers(log: &str, prefix: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn ipvs_programs_virtual_servers_that_carry_real_connections_in_a_vm() {
-    let (kernel, modules) = debian_kernel();
-    let dir = tempfile::Builder::new().prefix("shoal-ipvs-vm-").tempdir().unwrap();
-    let built = Instant::now();
-    let initrd = dir.path().join("initramfs.cpio");
-    std::fs::File::create(&initrd).unwrap().write_all(&initramfs(&modules)).unwrap();
-    let size = std::fs::metadata(&initrd).unwrap().len();
-    println!("initramfs: {} MiB, built in {:?}; kernel {}", size >> 20, built.elapsed(), kernel.display());
-    let console = dir.path().join("console.log");
-    let ran = boot(&kernel, &initrd, &console);
-    let log = std::fs::read_to_string(&console).unwrap_or_default().replace('\r', "");
-    println!("VM ran {ran:?}; console:\n{log}");
-    let context = || format!("console:\n{log}");
+/// The real servers listed under virtual server `header` (`TCP  addr:port rr`) in `ipvsadm -Ln`.
+fn real_servers<'a>(ipvsadm: &'a str, header: &str) -> Vec<&'a str> {
+    ipvsadm
+        .lines()
+        .skip_while(|l| !l.starts_with(header))
+        .skip(1)
+        .take_while(|l| l.trim_start().starts_with("->"))
+        .collect()
+}
 
-    let booted =
-        log.lines().find(|l| l.starts_with("VMTEST-BOOTED")).unwrap_or_else(|| panic!("no boot: {}", context()));
-    println!("{booted}");
+/// A `shoal demo load` summary printed as `<prefix><path> <json>`.
+struct Load {
+    path: String,
+    answers: u64,
+    failures: u64,
+    tasks: u64,
+    versions: BTreeSet<String>,
+    summary: String,
+}
+
+/// Every summary printed with `prefix`; one that does not parse counts as a failure.
+fn loads(log: &str, prefix: &str) -> Vec<Load> {
+    log.lines()
+        .filter_map(|l| l.strip_prefix(prefix)?.split_once(' '))
+        .map(|(path, json)| {
+            let value: serde_json::Value = serde_json::from_str(json).unwrap_or_default();
+            let count = |name: &str| value[name].as_u64().unwrap_or_default();
+            let versions = value["versions"].as_object().map(|v| v.keys().cloned().collect()).unwrap_or_default();
+            Load {
+                path: path.to_string(),
+                answers: count("answers"),
+                failures: if value.is_null() { 1 } else { count("failures") },
+                tasks: count("tasks"),
+                versions,
+                summary: json.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Panics unless `loads` has every path of `paths`, each answered only by
+/// `version` without a failure.
+fn assert_answered(loads: &[Load], paths: &[&str], version: &str, what: &str) {
+    let got: Vec<&str> = loads.iter().map(|l| l.path.as_str()).collect();
+    assert_eq!(got, paths, "{what}: a load summary per path");
+    for load in loads {
+        assert!(
+            load.answers > 0 && load.failures == 0 && load.versions == BTreeSet::from([version.to_string()]),
+            "{what} through {}: every request answered by version {version} expected, got {}",
+            load.path,
+            load.summary
+        );
+    }
+}
+
+/// Phase 1: the fixture programmed with `dataplane-apply`, then removed.
+fn check_fixture_phase(log: &str) {
+    let context = || format!("console:\n{log}");
     assert!(log.contains("VMTEST-APPLY rc=0"), "dataplane-apply failed; {}", context());
-    let ipvsadm = section(&log, "IPVSADM").join("\n");
+    let ipvsadm = section(log, "IPVSADM").join("\n");
     for wanted in [
         format!("TCP  {VIP}:80 rr"),
         format!("TCP  10.204.1.1:{PUBLISHED} rr"),
@@ -432,17 +596,84 @@ fn ipvs_programs_virtual_servers_that_carry_real_connections_in_a_vm() {
     }
     assert!(log.contains(&format!("VMTEST-DUMMY {VIP}/32")), "the VIP is not on shoal-ipvs0; {}", context());
     let both: BTreeSet<String> = ["task-1".to_string(), "task-2".to_string()].into();
-    let vip: BTreeSet<String> = answers(&log, "VMTEST-VIP ").into_iter().collect();
+    let vip: BTreeSet<String> = answers(log, "VMTEST-VIP ").into_iter().collect();
     assert_eq!(vip, both, "HTTP through the VIP; {}", context());
-    let published: BTreeSet<String> = answers(&log, "VMTEST-PUBLISHED ").into_iter().collect();
+    let published: BTreeSet<String> = answers(log, "VMTEST-PUBLISHED ").into_iter().collect();
     assert_eq!(published, both, "HTTP through the published port; {}", context());
     assert!(log.contains("VMTEST-CLEANUP rc=0"), "cleanup failed; {}", context());
-    let left = section(&log, "LEFT");
+    let left = section(log, "LEFT");
     assert!(left.is_empty(), "cleanup left {left:?}; {}", context());
+}
+
+/// Phase 2: the shared conformance suite.
+fn check_conformance(log: &str) {
     let failed: Vec<&str> = log.lines().filter(|l| l.starts_with("conformance FAIL")).collect();
     assert!(
         failed.is_empty() && log.contains("VMTEST-CONFORMANCE rc=0"),
-        "conformance failures {failed:?}; {}",
-        context()
+        "conformance failures {failed:?}; console:\n{log}"
     );
+}
+
+/// Phase 3: `shoal up` chose IPVS, served `web` on every path, updated it, and left nothing.
+fn check_up_phase(log: &str) {
+    let context = || format!("console:\n{log}");
+    let timeouts: Vec<&str> = log.lines().filter(|l| l.starts_with("VMTEST-UP-TIMEOUT")).collect();
+    assert!(timeouts.is_empty(), "waits in the shoal up phase timed out: {timeouts:?}; {}", context());
+    assert!(log.contains("VMTEST-UP-MODE IPVS data plane"), "shoal up did not choose IPVS; {}", context());
+    let vip = log
+        .lines()
+        .find_map(|l| l.strip_prefix("VMTEST-UP-VIP "))
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| panic!("service inspect web showed no VIP; {}", context()));
+    let ipvsadm = section(log, "UP-IPVSADM").join("\n");
+    for header in [format!("TCP  {vip}:80 rr"), format!("TCP  {NODE_ADDRESS}:{UP_PORT} rr")] {
+        let reals = real_servers(&ipvsadm, &header);
+        let masq = reals.iter().filter(|r| r.contains(":80 ") && r.contains("Masq")).count();
+        assert_eq!(masq, 2, "{header:?} should have both tasks as Masq real servers:\n{ipvsadm}");
+    }
+
+    let first = loads(log, "VMTEST-UP-LOAD ");
+    assert_answered(&first, &["loopback", "node", "vip"], "1.0", "HTTP to web");
+    assert!(first.iter().any(|l| l.tasks == 2), "no path reached both tasks; {}", context());
+
+    assert!(log.contains("VMTEST-UP-UPDATE rc=0"), "service update failed; {}", context());
+    let during = loads(log, "VMTEST-UP-DURING ");
+    let during = during.first().unwrap_or_else(|| panic!("no load summary from the update; {}", context()));
+    assert!(
+        during.failures == 0 && during.answers > 0,
+        "requests through IPVS failed during the rolling update: {}",
+        during.summary
+    );
+    assert_answered(&loads(log, "VMTEST-UP-V2 "), &["loopback", "node"], "2.0", "HTTP after the update");
+
+    assert!(log.contains("VMTEST-UP-STOPPED rc=0"), "shoal up did not stop cleanly on SIGTERM; {}", context());
+    assert!(log.contains("data plane removed"), "shoal up did not log `data plane removed`; {}", context());
+    let left = section(log, "UP-LEFT");
+    assert!(left.is_empty(), "shoal up left {left:?} behind after SIGTERM; {}", context());
+}
+
+#[test]
+fn ipvs_programs_virtual_servers_that_carry_real_connections_in_a_vm() {
+    let (kernel, modules) = debian_kernel();
+    let dir = tempfile::Builder::new().prefix("shoal-ipvs-vm-").tempdir().unwrap();
+    let built = Instant::now();
+    let initrd = dir.path().join("initramfs.cpio");
+    std::fs::File::create(&initrd).unwrap().write_all(&initramfs(&modules)).unwrap();
+    let size = std::fs::metadata(&initrd).unwrap().len();
+    println!("initramfs: {} MiB, built in {:?}; kernel {}", size >> 20, built.elapsed(), kernel.display());
+    let console = dir.path().join("console.log");
+    let ran = boot(&kernel, &initrd, &console);
+    let log = std::fs::read_to_string(&console).unwrap_or_default().replace('\r', "");
+    println!("VM ran {ran:?}; console:\n{log}");
+
+    assert!(log.contains("VMTEST-BOOTED"), "no boot: {log}");
+    // When each phase began, in the VM's time.
+    for line in
+        log.lines().filter(|l| ["VMTEST-BOOTED", "VMTEST-UP-BEGIN", "VMTEST-DONE"].iter().any(|m| l.starts_with(m)))
+    {
+        println!("{line}");
+    }
+    check_fixture_phase(&log);
+    check_conformance(&log);
+    check_up_phase(&log);
 }
