@@ -11,6 +11,7 @@
 
 pub mod cluster;
 pub mod grpc;
+pub mod initramfs;
 pub mod secrets;
 pub mod up;
 

@@ -204,8 +204,43 @@ pub async fn serve(args: DemoArgs) -> anyhow::Result<()> {
         stopping.stopping.store(true, Ordering::Relaxed);
         tokio::time::sleep(close_delay).await;
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    serve_http(listener, app, shutdown).await;
     Ok(())
+}
+
+/// Serves `app` on `listener` until `shutdown`, then lets in-flight
+/// requests finish (idle keep-alive connections close at once).
+///
+/// Not `axum::serve`: hyper's default drops a request whose client has
+/// already half-closed its side (`printf 'GET / …' | nc host port`, and a
+/// proxy relaying such a client) with no answer; half-close is allowed here.
+async fn serve_http(listener: tokio::net::TcpListener, app: Router, shutdown: impl std::future::Future<Output = ()>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "connection ended with an error");
+            }
+        });
+    }
+    graceful.shutdown().await;
 }
 
 /// Once stopping, every answer closes its connection.
