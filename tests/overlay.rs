@@ -155,6 +155,7 @@ fn nodes_behind_a_router_reach_each_others_tasks_over_the_vxlan_overlay() {
     assert!(ip_in(&app_ns, &["-d", "link", "show", "shoal-vxlan"]).is_some_and(|l| l.contains(VXLAN_DETAILS)));
 
     the_edge_nodes_published_port_is_answered_by_the_app_nodes_tasks(&cluster, &client, edge_addr, &app, &web_tasks);
+    large_requests_cross_the_overlay_without_path_mtu_discovery(&client, &edge_ns, edge_addr, &app);
     a_task_on_the_edge_node_reaches_the_service_by_name_and_vip(&cluster, &client, edge_addr, &app);
 
     cluster.kill_agent(1);
@@ -205,8 +206,27 @@ fn the_edge_nodes_published_port_is_answered_by_the_app_nodes_tasks(
         }
     }
     assert_eq!(&seen, web_tasks, "both replicas answer through the edge node's published port");
-    // Packets larger than the overlay's MTU: path-MTU discovery across the NAT.
-    let body = get_padded(client, url, "/", 6000).unwrap_or_else(|e| panic!("a 6 kB request to http://{url}/: {e}"));
+}
+
+/// A 6 kB request (full-size segments, larger than the overlay's MTU) to
+/// the edge node's published port while the edge node drops the ICMP
+/// "fragmentation needed" it would send back (as networks that filter ICMP
+/// do): only the MSS clamp of the overlay keeps the segments small enough.
+fn large_requests_cross_the_overlay_without_path_mtu_discovery(client: &str, edge_ns: &str, edge: Ipv4Addr, app: &str) {
+    let url: SocketAddr = (edge, PUBLISHED).into();
+    let clamp =
+        Command::new("ip").args(["netns", "exec", edge_ns, "nft", "list", "table", "ip", "shoal-overlay"]).output();
+    let clamp = clamp.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    assert!(clamp.contains("maxseg size set rt mtu"), "the edge node clamps the MSS into the overlay: {clamp}");
+    let no_pmtu = "table ip overlay-test-no-pmtu {\nchain output {\ntype filter hook output priority 0;\n\
+                   icmp type destination-unreachable icmp code frag-needed drop\n}\n}";
+    let status = Command::new("ip").args(["netns", "exec", edge_ns, "nft", no_pmtu]).status().expect("running nft");
+    assert!(status.success(), "dropping ICMP fragmentation-needed on the edge node");
+    let answer = get_padded(client, url, "/", 6000);
+    let _ = Command::new("ip")
+        .args(["netns", "exec", edge_ns, "nft", "delete", "table", "ip", "overlay-test-no-pmtu"])
+        .status();
+    let body = answer.unwrap_or_else(|e| panic!("a 6 kB request to http://{url}/ without path-MTU discovery: {e}"));
     assert_eq!(whoami(&body).0, app, "a 6 kB request answered by the app node's tasks: {body}");
 }
 

@@ -43,10 +43,10 @@
 //! # Caveats
 //!
 //! - MTU: the device's is the underlay's (the interface holding the
-//!   advertised address) minus [`OVERHEAD`]. Tasks' interfaces keep 1500,
-//!   so a full-size packet towards a peer's task first costs one ICMP
-//!   "fragmentation needed" round (path-MTU discovery); a network that drops
-//!   ICMP breaks large transfers over the overlay.
+//!   advertised address) minus [`OVERHEAD`]. Tasks' interfaces keep 1500;
+//!   TCP connections forwarded into the overlay have their MSS clamped to
+//!   the device's MTU (table `ip shoal-overlay`), so they never need
+//!   path-MTU discovery. Large UDP datagrams still do.
 //! - IPv4 only and unencrypted; the underlay must pass UDP [`PORT`] between
 //!   nodes.
 //! - One agent per network namespace: the device is the agent's alone.
@@ -64,6 +64,8 @@ use crate::network::{already_gone, ip, run, NetworkError};
 pub const DEVICE: &str = "shoal-vxlan";
 /// The VXLAN network identifier: any number, as long as every node uses the same.
 pub const VNI: u32 = 7340;
+/// The nftables table of the overlay's MSS clamp ([`clamp_script`]).
+pub const CLAMP_TABLE: &str = "shoal-overlay";
 /// IANA's VXLAN port (Linux's default, 8472, predates it).
 pub const PORT: u16 = 4789;
 /// What VXLAN adds to a packet: outer IPv4 (20), UDP (8), VXLAN (8) and inner Ethernet (14) headers.
@@ -231,7 +233,10 @@ impl Overlay {
 /// Runs one step's `ip`/`bridge` commands.
 fn execute(step: Step) -> Result<(), NetworkError> {
     match step {
-        Step::DeleteDevice => ip(&["link", "del", DEVICE]).or_else(already_gone),
+        Step::DeleteDevice => {
+            ip(&["link", "del", DEVICE]).or_else(already_gone)?;
+            run("nft", &["delete", "table", "ip", CLAMP_TABLE], None).or_else(already_gone)
+        }
         Step::CreateDevice(device) => create_device(device),
         Step::RemovePeer(peer) => remove_peer(peer),
         Step::AddPeer(peer) => add_peer(peer),
@@ -247,8 +252,22 @@ fn create_device(device: Device) -> Result<(), NetworkError> {
     ip(&args)?;
     ip(&["addr", "replace", &format!("{}/32", local.address()), "dev", DEVICE])?;
     ip(&["link", "set", DEVICE, "up"])?;
+    run("nft", &["-f", "-"], Some(&clamp_script()))?;
     tracing::info!(device = DEVICE, vni = VNI, local = %underlay, address = %local.address(), mtu = device.mtu, "VXLAN overlay device up");
     Ok(())
+}
+
+/// The table clamping the MSS of TCP connections forwarded into the
+/// overlay to what fits its MTU: tasks' interfaces keep 1500, and without
+/// it a full-size segment would depend on path-MTU discovery, which a
+/// network dropping ICMP breaks. Each node clamps what it sends, so both
+/// directions of a connection are covered. Replaced whole, so it is idempotent.
+fn clamp_script() -> String {
+    format!(
+        "table ip {CLAMP_TABLE}\ndelete table ip {CLAMP_TABLE}\ntable ip {CLAMP_TABLE} {{\n\tchain forward {{\n\t\t\
+         type filter hook forward priority mangle; policy accept;\n\t\t\
+         oifname \"{DEVICE}\" tcp flags syn / syn,rst tcp option maxseg size set rt mtu\n\t}}\n}}\n"
+    )
 }
 
 fn add_peer(peer: Vtep) -> Result<(), NetworkError> {
