@@ -25,10 +25,11 @@ use support::Backend;
 /// How long a cluster may take to converge after a change.
 const CONVERGE: Duration = Duration::from_secs(20);
 
-/// `service create --name NAME FLAGS… shoal/demo:1.0`; every replica listens
-/// on a port of its own (tasks share their node's network).
+/// `service create -d --name NAME FLAGS… shoal/demo:1.0` (`-d` as Docker
+/// scripts write it); every replica listens on a port of its own (tasks
+/// share their node's network).
 fn create(cluster: &Cluster, name: &str, flags: &[&str]) {
-    let mut args = vec!["service", "create", "--name", name, "-e", "DEMO_LISTEN=127.0.0.1:0"];
+    let mut args = vec!["service", "create", "-d", "--name", name, "-e", "DEMO_LISTEN=127.0.0.1:0"];
     args.extend(flags);
     args.push("shoal/demo:1.0");
     cluster.shoal_ok(&args);

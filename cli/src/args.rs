@@ -276,6 +276,10 @@ pub struct ServiceCreateArgs {
     pub labels: Vec<String>,
     #[command(flatten)]
     pub flags: crate::commands::spec_flags::SpecFlags,
+    /// Docker's `-d`, accepted so scripts run unchanged: `service create`
+    /// always returns once the service is written (`shoal service ps` follows it).
+    #[arg(short = 'd', long)]
+    pub detach: bool,
     /// Image, e.g. shoal/demo:1.0.
     pub image: String,
     /// Command and arguments (replace the image's command).
