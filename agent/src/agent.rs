@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_crd::sealing::KeyFile;
-use shoal_crd::{heartbeat_key, Node, Task, TaskNetwork};
+use shoal_crd::{heartbeat_key, Node, Task};
 use shoal_store::client::reflector::reflector;
 use shoal_store::client::{Store, StoreError};
 use tokio::task::JoinHandle;
@@ -215,15 +215,13 @@ async fn attach_bridge(store: &Store, config: &AgentConfig, runtime: &ProcessRun
     true
 }
 
-/// Tears the bridge and its nftables table down unless a task still holds
-/// an address on it (it keeps running for the next agent).
+/// Tears the bridge and its nftables table down unless a task still has
+/// its namespace on it (it keeps running for the next agent). A task whose
+/// namespace is gone but whose release is still finishing does not count.
 fn remove_bridge_if_unused(bridge: &Bridge, runtime: &ProcessRuntime) {
-    let in_use = runtime
-        .list()
-        .map(|ids| ids.iter().any(|id| runtime.network(id).network == TaskNetwork::Namespace))
-        .unwrap_or(true);
+    let in_use = runtime.list().map(|ids| ids.iter().any(|id| runtime.holds_namespace(id))).unwrap_or(true);
     if in_use {
-        tracing::info!(bridge = %bridge.name(), "tasks still hold addresses: the bridge stays up");
+        tracing::info!(bridge = %bridge.name(), "tasks still have namespaces on it: the bridge stays up");
         return;
     }
     match bridge.down() {

@@ -71,6 +71,13 @@ impl ProcessRuntime {
         self.bridge.get()
     }
 
+    /// Whether task `id` still has its network namespace, and so a veth on
+    /// the bridge. (Its record outlives the namespace for a moment while
+    /// the task's network is released.)
+    pub fn holds_namespace(&self, id: &str) -> bool {
+        matches!(self.dir(id).read_network(), Ok(Some(record)) if record.netns_path().exists())
+    }
+
     /// The task's network record: the one it has, or a new one at the next
     /// address (after the last handed out, or after the highest recorded
     /// when the agent has just started) no other task directory records.
