@@ -133,24 +133,7 @@ fn a_rolling_update_and_a_secret_rotation_under_load_fail_not_one_request() {
     std::thread::sleep(Duration::from_millis(500));
     let (answers, failures) = load.stop();
     assert!(updated, "the update did not finish:\n{}", up.shoal_ok(&["service", "ps", "web"]));
-    if !failures.is_empty() {
-        eprintln!("failures: {failures:?}\nthe agent's drains and programming:\n{}", drain_log(&up));
-    }
-    let old = answers.iter().filter(|b| b.contains("\"1.0\"")).count();
-    let new = answers.iter().filter(|b| b.contains("\"2.0\"")).count();
-    eprintln!(
-        "during the update: {} answers ({old} from 1.0, {new} from 2.0), {} failures",
-        answers.len(),
-        failures.len()
-    );
-    assert!(old > 0 && new > 0, "the load saw both versions");
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed during the update: {:?}",
-        failures.len(),
-        answers.len() + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert_no_failure(&up, "the update", (answers, failures), ("\"1.0\"", "\"2.0\""));
 
     // The secret rotates the same way: a rolling update, under load.
     let load = Load::start(addr);
@@ -163,20 +146,29 @@ fn a_rolling_update_and_a_secret_rotation_under_load_fail_not_one_request() {
     std::thread::sleep(Duration::from_millis(500));
     let (answers, failures) = load.stop();
     assert!(rotated, "the tasks never all read the new secret:\n{}", up.shoal_ok(&["service", "ps", "web"]));
+    assert_no_failure(&up, "the secret rotation", (answers, failures), ("\"secret_bytes\":3", "\"secret_bytes\":7"));
+}
+
+/// Prints how `phase` went and asserts the load saw both the old and the
+/// new answer (`markers`) and not one failure; failures come with the
+/// agent's drain log.
+fn assert_no_failure(up: &Up, phase: &str, (answers, failures): (Vec<String>, Vec<String>), markers: (&str, &str)) {
     if !failures.is_empty() {
-        eprintln!("failures: {failures:?}\nthe agent's drains and programming:\n{}", drain_log(&up));
+        eprintln!("failures: {failures:?}\nthe agent's drains and programming:\n{}", drain_log(up));
     }
-    let old = answers.iter().filter(|b| b.contains("\"secret_bytes\":3")).count();
-    let new = answers.iter().filter(|b| b.contains("\"secret_bytes\":7")).count();
+    let old = answers.iter().filter(|b| b.contains(markers.0)).count();
+    let new = answers.iter().filter(|b| b.contains(markers.1)).count();
     eprintln!(
-        "during the secret rotation: {} answers ({old} with the old value, {new} with the new), {} failures",
+        "during {phase}: {} answers ({old} with {}, {new} with {}), {} failures",
         answers.len(),
+        markers.0,
+        markers.1,
         failures.len()
     );
-    assert!(old > 0 && new > 0, "the load saw both values");
+    assert!(old > 0 && new > 0, "the load saw both answers during {phase}");
     assert!(
         failures.is_empty(),
-        "{} of {} requests failed during the secret rotation: {:?}",
+        "{} of {} requests failed during {phase}: {:?}",
         failures.len(),
         answers.len() + failures.len(),
         &failures[..failures.len().min(5)]
